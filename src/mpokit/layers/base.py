@@ -1,0 +1,260 @@
+"""MPOModule: the structure every MPO layer shares.
+
+An MPO layer holds one matrix ``W`` of shape ``(rows, cols)`` in MPO form:
+cores of shape ``(d_{k-1}, i_k, j_k, d_k)``, out modes ``i_k`` factoring
+``rows`` (zero-padded up to ``prod(i_k)``), in modes ``j_k`` factoring ``cols``.
+For a Linear layer ``(rows, cols) = (out_features, in_features)``; for an
+Embedding it is ``(num_embeddings, embedding_dim)``.
+
+The base class gives:
+
+* ``cores``: an ``nn.ParameterList``, one ``nn.Parameter`` per core;
+* structure: ``central_index``, ``central_parameters()``, ``auxiliary_parameters()``;
+* ``mpo()``: the current cores as an :class:`mpokit.MPO` (exact singular values);
+* ``truncate_(...)``: in-place truncation that replaces the core Parameters;
+* ``rebuild_weight()``: the unpadded matrix, differentiable, with an inference
+  cache that is invalidated whenever a core changes (see below);
+* counts and shapes: ``num_mpo_params``, ``dense_params``, ``bond_dims``,
+  ``out_modes``, ``in_modes``, ``padded_shape``, ``compression_ratio``.
+
+Inference cache. When no autograd graph to the cores is needed (under
+``torch.no_grad`` / ``torch.inference_mode``, or when no core requires grad),
+the rebuilt matrix is cached. The cache key is, per core, the Parameter's
+identity, its storage pointer, its in-place version counter (``_version``),
+dtype and device. An optimizer step or ``load_state_dict`` (in-place
+``copy_``) bumps the version; ``truncate_``, ``.to()`` and ``.half()`` replace
+the tensor. Any of these invalidates the cache. Under ``torch.compile`` the
+cache is bypassed.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .. import shapes
+from ..mpo import GAUGES, MPO, rebuild_matrix
+
+__all__ = ["MPOModule", "random_cores"]
+
+
+def random_cores(
+    out_modes: Sequence[int],
+    in_modes: Sequence[int],
+    bond_dims: Sequence[int],
+    entry_variance: float,
+    *,
+    device=None,
+    dtype=None,
+    generator: torch.Generator | None = None,
+) -> list[torch.Tensor]:
+    """Gaussian cores whose product has i.i.d.-like entries of variance ``entry_variance``.
+
+    An entry of ``W`` is a sum over ``prod(bond_dims)`` products of ``n``
+    independent zero-mean core entries, so with per-core variance ``s_k^2``:
+    ``Var W = prod(d_k) * prod(s_k^2)``. All cores get the same ``s^2``.
+    """
+    n = len(out_modes)
+    dims = (1, *bond_dims, 1)
+    per_core_var = (entry_variance / math.prod(bond_dims)) ** (1.0 / n)
+    std = math.sqrt(per_core_var)
+    cores = []
+    for k, (i, j) in enumerate(zip(out_modes, in_modes)):
+        c = torch.empty(dims[k], i, j, dims[k + 1], device=device, dtype=dtype)
+        c.normal_(0.0, std, generator=generator)
+        cores.append(c)
+    return cores
+
+
+class MPOModule(nn.Module):
+    """Base class of MPO layers (an ``nn.Module``). Subclasses call :meth:`_init_cores`.
+
+    Core shape convention: ``(d_{k-1}, i_k, j_k, d_k)``, ``d_0 = d_n = 1``.
+    """
+
+    cores: nn.ParameterList
+
+    def _init_cores(self, cores: Sequence[torch.Tensor], shape: tuple[int, int], gauge: str = "symmetric") -> None:
+        """Register ``cores`` as Parameters for the (unpadded) matrix ``shape = (rows, cols)``."""
+        if gauge not in GAUGES:
+            raise ValueError(f"gauge must be one of {GAUGES}, got {gauge!r}; e.g. gauge='symmetric'")
+        cores = [c.detach() for c in cores]
+        from ..mpo import _check_cores  # internal validation shared with MPO
+
+        _check_cores(cores)
+        rows, cols = int(shape[0]), int(shape[1])
+        padded = (math.prod(c.shape[1] for c in cores), math.prod(c.shape[2] for c in cores))
+        if padded[0] < rows or padded[1] < cols:
+            raise ValueError(
+                f"the cores describe a {padded[0]}x{padded[1]} matrix, smaller than shape {(rows, cols)}; "
+                f"out modes must multiply to >= rows and in modes to >= cols"
+            )
+        self.shape = (rows, cols)
+        self.gauge = gauge
+        self.error_bound = 0.0  # accumulated bound on ||W_original - W||_F from decomposition and truncations
+        self.cores = nn.ParameterList([nn.Parameter(c.clone().contiguous()) for c in cores])
+        self._weight_cache: tuple[tuple, torch.Tensor] | None = None
+
+    # -- structure -------------------------------------------------------------
+
+    @property
+    def n_cores(self) -> int:
+        return len(self.cores)
+
+    @property
+    def central_index(self) -> int:
+        return shapes.central_index(len(self.cores))
+
+    def central_parameters(self) -> list[nn.Parameter]:
+        """The central core (index ``(n-1)//2``), as a one-element list."""
+        return [self.cores[self.central_index]]
+
+    def auxiliary_parameters(self) -> list[nn.Parameter]:
+        """All cores except the central one, in order."""
+        c = self.central_index
+        return [p for k, p in enumerate(self.cores) if k != c]
+
+    @property
+    def out_modes(self) -> tuple[int, ...]:
+        return tuple(int(c.shape[1]) for c in self.cores)
+
+    @property
+    def in_modes(self) -> tuple[int, ...]:
+        return tuple(int(c.shape[2]) for c in self.cores)
+
+    @property
+    def bond_dims(self) -> tuple[int, ...]:
+        return tuple(int(c.shape[3]) for c in list(self.cores)[:-1])
+
+    @property
+    def padded_shape(self) -> tuple[int, int]:
+        return (math.prod(self.out_modes), math.prod(self.in_modes))
+
+    @property
+    def num_mpo_params(self) -> int:
+        return sum(c.numel() for c in self.cores)
+
+    @property
+    def dense_params(self) -> int:
+        return self.shape[0] * self.shape[1]
+
+    @property
+    def compression_ratio(self) -> float:
+        """MPO parameters / dense parameters (below 1 means smaller)."""
+        return self.num_mpo_params / self.dense_params
+
+    # -- MPO views and truncation ------------------------------------------------
+
+    def mpo(self) -> MPO:
+        """The current cores as an :class:`MPO` (re-canonicalised, exact singular values, no grad)."""
+        return MPO.from_cores(list(self.cores), shape=self.shape, gauge=self.gauge)
+
+    @torch.no_grad()
+    def truncate_(
+        self,
+        max_bond: int | Sequence[int] | None = None,
+        rel_error: float | None = None,
+        max_params: int | None = None,
+    ) -> float:
+        """Truncate in place; returns this step's bound on ``||W_before - W_after||_F`` (absolute).
+
+        Exactly one criterion (as :meth:`MPO.truncate`). When a bond changes,
+        every core is replaced by a NEW ``nn.Parameter`` (rebuild optimizers
+        afterwards); ``requires_grad`` of the central and auxiliary cores is
+        kept. When no bond would change, nothing is replaced and 0.0 is returned.
+        """
+        current = self.mpo()
+        truncated = current.truncate(max_bond=max_bond, rel_error=rel_error, max_params=max_params)
+        if truncated.bond_dims == self.bond_dims:
+            return 0.0
+        bound = float(truncated.error_bound - current.error_bound)
+        self.load_mpo_(truncated)
+        self.error_bound += bound
+        return bound
+
+    @torch.no_grad()
+    def load_mpo_(self, mpo: MPO) -> None:
+        """Replace the cores by ``mpo``'s (new Parameters; modes must match, bonds may differ)."""
+        if mpo.out_modes != self.out_modes or mpo.in_modes != self.in_modes:
+            raise ValueError(
+                f"MPO modes out {mpo.out_modes} x in {mpo.in_modes} do not match the layer's "
+                f"out {self.out_modes} x in {self.in_modes}"
+            )
+        old = list(self.cores)
+        c = self.central_index
+        central_grad = old[c].requires_grad
+        aux = [o for j, o in enumerate(old) if j != c]
+        aux_grad = any(o.requires_grad for o in aux) if aux else central_grad
+        new = []
+        for k, (core, ref) in enumerate(zip(mpo.cores, old)):
+            p = nn.Parameter(core.to(device=ref.device, dtype=ref.dtype).contiguous())
+            p.requires_grad_(central_grad if k == c else aux_grad)
+            new.append(p)
+        self.cores = nn.ParameterList(new)
+        self._weight_cache = None
+
+    # -- the matrix ----------------------------------------------------------------
+
+    def _cache_key(self) -> tuple:
+        return tuple((id(p), p.data_ptr(), p._version, p.dtype, p.device) for p in self.cores)
+
+    def _cache_allowed(self) -> bool:
+        if torch.compiler.is_compiling():
+            return False
+        return not (torch.is_grad_enabled() and any(p.requires_grad for p in self.cores))
+
+    def rebuild_weight(self) -> torch.Tensor:
+        """``W`` of shape ``shape`` (padding sliced off), differentiable; cached when no graph is needed."""
+        if self._cache_allowed():
+            key = self._cache_key()
+            cached = self._weight_cache
+            if cached is not None and cached[0] == key:
+                return cached[1]
+            with torch.no_grad():
+                weight = self._rebuild_uncached().contiguous()
+            self._weight_cache = (key, weight)
+            return weight
+        return self._rebuild_uncached()
+
+    def _rebuild_uncached(self) -> torch.Tensor:
+        full = rebuild_matrix(list(self.cores))  # (I_padded, J_padded)
+        rows, cols = self.shape
+        if full.shape[0] != rows or full.shape[1] != cols:
+            full = full[:rows, :cols]
+        return full
+
+    def clear_weight_cache(self) -> None:
+        self._weight_cache = None
+
+    def _apply(self, fn, *args, **kwargs):  # .to(), .half(), .cuda(): drop the cache
+        self._weight_cache = None
+        return super()._apply(fn, *args, **kwargs)
+
+    # -- state_dict with changed bonds --------------------------------------------
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        """Accept cores of other bond dimensions (e.g. a truncated checkpoint): resize the Parameters first."""
+        for k, p in enumerate(self.cores):
+            key = f"{prefix}cores.{k}"
+            if key in state_dict and tuple(state_dict[key].shape) != tuple(p.shape):
+                src = state_dict[key]
+                if src.dim() != 4 or src.shape[1:3] != p.shape[1:3]:
+                    continue  # let the default loader report the mismatch
+                self.cores[k] = nn.Parameter(
+                    torch.zeros(src.shape, dtype=p.dtype, device=p.device), requires_grad=p.requires_grad
+                )
+        self._weight_cache = None
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+
+    # -- repr helpers ----------------------------------------------------------------
+
+    def mpo_repr(self) -> str:
+        """``out_modes=(...), in_modes=(...), bond_dims=(...), params=N/M (x fewer)``."""
+        return (
+            f"out_modes={self.out_modes}, in_modes={self.in_modes}, bond_dims={self.bond_dims}, "
+            f"mpo_params={self.num_mpo_params}, dense_params={self.dense_params}, "
+            f"compression={self.dense_params / max(self.num_mpo_params, 1):.2f}x"
+        )
