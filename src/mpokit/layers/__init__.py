@@ -1,5 +1,6 @@
 """MPO layers: MPOModule (shared structure), MPOLinear, MPOEmbedding, MPOLSTM."""
 
 from .base import MPOModule, random_cores
+from .lstm import MPOLSTM  # noqa: F401  (lstm-layer engineer)
 
 __all__ = ["MPOModule", "random_cores"]
