@@ -1,6 +1,6 @@
 """MPO layers: MPOModule (shared structure), MPOLinear, MPOEmbedding, MPOLSTM."""
 
 from .base import MPOModule, random_cores
-from .lstm import MPOLSTM  # noqa: F401  (lstm-layer engineer)
+from .linear import MPOLinear
 
-__all__ = ["MPOModule", "random_cores"]
+__all__ = ["MPOModule", "MPOLinear", "random_cores"]

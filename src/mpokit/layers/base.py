@@ -213,8 +213,9 @@ class MPOModule(nn.Module):
             cached = self._weight_cache
             if cached is not None and cached[0] == key:
                 return cached[1]
-            with torch.no_grad():
-                weight = self._rebuild_uncached().contiguous()
+            device_type = self.cores[0].device.type
+            with torch.no_grad(), torch.autocast(device_type=device_type, enabled=False):
+                weight = self._rebuild_uncached().contiguous()  # in the cores' dtype, never autocast's
             self._weight_cache = (key, weight)
             return weight
         return self._rebuild_uncached()
