@@ -1,0 +1,1 @@
+"""Subcommands of the ``mpokit`` command, one module each (see :mod:`mpokit.cli`)."""
