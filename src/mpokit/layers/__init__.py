@@ -2,5 +2,6 @@
 
 from .base import MPOModule, random_cores
 from .linear import MPOLinear
+from .lstm import MPOLSTM  # noqa: F401  (lstm-layer engineer)
 
-__all__ = ["MPOModule", "MPOLinear", "random_cores"]
+__all__ = ["MPOModule", "MPOLinear", "MPOLSTM", "random_cores"]
