@@ -1,0 +1,288 @@
+"""Dimension squeezing (MPOP Algorithm 2) on a tiny MLP with MPO layers and a synthetic task."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from mpokit import shapes
+from mpokit.layers import MPOModule
+from mpokit.layers.linear import MPOLinear
+from mpokit.mpo import interleave
+from mpokit.squeeze import (
+    MatrixSpectrum,
+    central_bonds,
+    find_mpo_modules,
+    min_squeezable_params,
+    propose_cut,
+    select_cuts,
+    squeeze,
+    truncate_directly,
+)
+
+torch.set_num_threads(1)
+
+
+def _task(seed=0, n=256, d=16):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    w = torch.randn(d, generator=g, dtype=torch.float64)
+    y = (x @ w + 0.5 * x[:, 0] * x[:, 1] > 0).long()
+    return x, y
+
+
+def _batches(x, y, size=32):
+    return [(x[i : i + size], y[i : i + size]) for i in range(0, len(x), size)]
+
+
+def _tiny_model(seed=0, n_cores=3):
+    """Dense MLP trained briefly, then its two hidden matrices converted to MPOLinear (exact, full bonds)."""
+    torch.manual_seed(seed)
+    dense = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Dropout(0.1), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 2)).double()
+    x, y = _task(seed)
+    opt = torch.optim.Adam(dense.parameters(), lr=1e-2)
+    for _ in range(30):
+        opt.zero_grad()
+        nn.functional.cross_entropy(dense(x), y).backward()
+        opt.step()
+    dense[0] = MPOLinear.from_linear(dense[0], n_cores=n_cores)
+    dense[3] = MPOLinear.from_linear(dense[3], n_cores=n_cores)
+    return dense
+
+
+def _data():
+    xtr, ytr = _task(1)
+    xev, yev = _task(2, n=128)
+    return _batches(xtr, ytr), _batches(xev, yev, 64)
+
+
+def _unfolding_svals(weight: torch.Tensor, out_modes, in_modes) -> list[torch.Tensor]:
+    """Independent reference: singular values of W's unfolding at every bond, by direct SVD."""
+    padded = torch.zeros(math.prod(out_modes), math.prod(in_modes), dtype=torch.float64)
+    padded[: weight.shape[0], : weight.shape[1]] = weight.double()
+    t = interleave(padded, out_modes, in_modes)
+    n, out, rows = len(out_modes), [], 1
+    for k in range(n - 1):
+        rows *= out_modes[k] * in_modes[k]
+        out.append(torch.linalg.svdvals(t.reshape(rows, -1)))
+    return out
+
+
+def _expected_choice(modules: dict[str, MPOModule], step_size) -> tuple[str, float]:
+    """The matrix whose next central-bond cut adds the least bound, from direct SVDs of the rebuilt W."""
+    best = None
+    for name, m in modules.items():
+        with torch.no_grad():
+            w = m.rebuild_weight()
+        svals = _unfolding_svals(w, m.out_modes, m.in_modes)
+        dims = m.bond_dims
+        caps = list(dims)
+        for b in central_bonds(m.n_cores):
+            caps[b] = max(1, dims[b] - step_size)
+        new = shapes.consistent_bond_dims(m.out_modes, m.in_modes, caps)
+        bound = math.sqrt(sum(float((s[d:] ** 2).sum()) for s, d in zip(svals, new)))
+        if best is None or bound < best[1]:
+            best = (name, bound)
+    return best
+
+
+# ---------------------------------------------------------------------------
+# pure selection
+# ---------------------------------------------------------------------------
+
+
+def test_central_bonds():
+    assert central_bonds(5) == (1, 2)
+    assert central_bonds(3) == (0, 1)
+    assert central_bonds(2) == (0,)
+    assert central_bonds(1) == ()
+
+
+def test_propose_cut_bound_and_dims_from_singular_values():
+    out_modes, in_modes = (2, 2, 2), (2, 2, 2)  # full bonds (4, 4)
+    s0 = torch.tensor([4.0, 3.0, 2.0, 1.0], dtype=torch.float64)
+    s1 = torch.tensor([5.0, 0.5, 0.25, 0.125], dtype=torch.float64)
+    spec = MatrixSpectrum("m", out_modes, in_modes, (4, 4), (s0, s1), norm=10.0)
+    cut = propose_cut(spec, step_size=2)
+    assert cut.bonds == (0, 1)
+    assert cut.new_dims == (2, 2)
+    assert cut.bound == pytest.approx(math.sqrt(2**2 + 1**2 + 0.25**2 + 0.125**2))
+    assert cut.params_before == shapes.mpo_num_params(out_modes, in_modes, (4, 4))
+    assert cut.params_after == shapes.mpo_num_params(out_modes, in_modes, (2, 2))
+    # a fraction of each bond, rounded up
+    assert propose_cut(spec, step_size=0.3).new_dims == (2, 2)
+    # nothing left to cut
+    assert propose_cut(MatrixSpectrum("m", out_modes, in_modes, (1, 1), (s0[:1], s1[:1]), 1.0)) is None
+
+
+def test_select_cuts_orders_by_score():
+    om, im = (2, 2, 2), (2, 2, 2)
+    small = MatrixSpectrum("a", om, im, (4, 4), (torch.tensor([1.0, 0.5, 0.2, 0.01]),) * 2, 1.0)
+    big = MatrixSpectrum("b", om, im, (4, 4), (torch.tensor([9.0, 5.0, 3.0, 0.1]),) * 2, 100.0)
+    assert [c.name for c in select_cuts([big, small], count=2)] == ["a", "b"]  # absolute bound: a first
+    assert [c.name for c in select_cuts([big, small], count=1, score="relative")] == ["b"]  # 0.14/100 < 0.014/1
+
+
+# ---------------------------------------------------------------------------
+# the algorithm
+# ---------------------------------------------------------------------------
+
+
+def test_squeeze_monotone_least_bound_choice_and_live_optimizer(tmp_path):
+    model = _tiny_model()
+    train, held = _data()
+    modules = find_mpo_modules(model)
+    expected = []
+    optimizer_checks = []
+
+    def on_step(m, row, optimizer):
+        if optimizer is not None:
+            live = {id(p) for p in m.parameters() if p.requires_grad}
+            owned = {id(p) for g in optimizer.param_groups for p in g["params"]}
+            optimizer_checks.append(live == owned)
+            # and the central cores are frozen, auxiliaries train
+            for layer in modules.values():
+                assert not layer.central_parameters()[0].requires_grad
+                assert all(p.requires_grad for p in layer.auxiliary_parameters())
+                assert {id(p) for p in layer.cores} <= {id(p) for p in m.parameters()}
+        expected.append(_expected_choice(modules, 1))
+
+    result = squeeze(
+        model, train_batches=train, eval_batches=held, target_ratio=0.5, step_size=1,
+        finetune_steps=2, lr=1e-3, seed=0, on_step=on_step, max_steps=500,
+    )
+    rows = result.rows
+    assert result.stop_reason == "budget"
+    params = [r["params"] for r in rows]
+    assert all(b < a for a, b in zip(params, params[1:])), params
+    assert params[-1] <= result.budget < params[-2]
+    assert all(optimizer_checks) and len(optimizer_checks) == len(rows) - 1
+    for row, (name, bound) in zip(rows[1:], expected[:-1]):
+        assert row["matrix"] == name
+        assert row["step_bound"] == pytest.approx(bound, rel=1e-6, abs=1e-9), (row, bound)
+
+
+def test_squeeze_stops_on_delta_and_rolls_back():
+    model = _tiny_model()
+    train, held = _data()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    start_params = sum(m.num_mpo_params for m in find_mpo_modules(model).values())
+    result = squeeze(model, train_batches=train, eval_batches=held, delta=0.0, step_size=2, finetune_steps=1, lr=1e-3)
+    assert result.stop_reason == "delta"
+    assert result.steps == 1 and not result.rows[-1]["accepted"]
+    assert result.params == start_params  # the violating cut was undone
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+    # a generous delta lets it run to the step limit
+    model = _tiny_model()
+    result = squeeze(model, train_batches=train, eval_batches=held, delta=10.0, max_steps=3, finetune_steps=1, lr=1e-3)
+    assert result.stop_reason == "max_steps" and result.steps == 3
+    assert all(r["accepted"] for r in result.rows)
+
+
+def test_squeeze_budget_with_chunks_and_logs(tmp_path):
+    model = _tiny_model()
+    train, held = _data()
+    modules = find_mpo_modules(model)
+    dense = sum(m.dense_params for m in modules.values())
+    log = tmp_path / "log"
+    result = squeeze(
+        model, train_batches=train, eval_batches=held, target_ratio=0.35, step_size=0.25, matrices_per_step=2,
+        finetune_steps=1, lr=1e-3, log_path=log, plot_path=tmp_path / "plot.png",
+    )
+    assert result.stop_reason == "budget"
+    assert result.params <= int(0.35 * dense)
+    rows = json.loads((tmp_path / "log.json").read_text())
+    assert len(rows) == len(result.rows)
+    csv_lines = (tmp_path / "log.csv").read_text().strip().splitlines()
+    assert len(csv_lines) == len(rows) + 1 and csv_lines[0].startswith("step,matrix")
+    assert (tmp_path / "plot.png").stat().st_size > 1000
+    # the model still runs and its MPO matrices are what the bonds say
+    for m in modules.values():
+        assert m.num_mpo_params == shapes.mpo_num_params(m.out_modes, m.in_modes, m.bond_dims)
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_resume_from_checkpoint_equals_uninterrupted(tmp_path):
+    train, held = _data()
+    kw = dict(train_batches=train, eval_batches=held, target_ratio=0.5, step_size=1, finetune_steps=3, lr=1e-3, seed=7)
+
+    model_a = _tiny_model()
+    full = squeeze(model_a, checkpoint_dir=tmp_path / "a", **kw)
+
+    model_b = _tiny_model()
+    calls = {"n": 0}
+
+    def flaky_loss(m, batch):
+        calls["n"] += 1
+        if calls["n"] == 3 * 4 + 2:  # in the middle of the 5th step's fine-tuning
+            raise _Interrupt()
+        x, y = batch
+        return nn.functional.cross_entropy(m(x), y)
+
+    with pytest.raises(_Interrupt):
+        squeeze(model_b, checkpoint_dir=tmp_path / "b", loss_fn=flaky_loss, **kw)
+    state = json.loads((tmp_path / "b" / "squeeze_state.json").read_text())
+    assert state["step"] == 4
+    model_c = _tiny_model(seed=123)  # different weights: everything must come from the checkpoint
+    resumed = squeeze(model_c, checkpoint_dir=tmp_path / "b", **kw)
+    assert resumed.resumed_from_step == 4
+    assert resumed.steps == full.steps and resumed.stop_reason == full.stop_reason
+    sa, sc = model_a.state_dict(), model_c.state_dict()
+    assert sa.keys() == sc.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sc[k]), k
+    assert [r["matrix"] for r in resumed.rows] == [r["matrix"] for r in full.rows]
+    assert [r["loss"] for r in resumed.rows] == [r["loss"] for r in full.rows]
+
+    # a finished run resumes as finished; other settings are refused
+    again = squeeze(_tiny_model(), checkpoint_dir=tmp_path / "a", **kw)
+    assert again.steps == full.steps
+    with pytest.raises(ValueError, match="other settings"):
+        squeeze(_tiny_model(), checkpoint_dir=tmp_path / "a", **{**kw, "seed": 8})
+
+
+def test_truncate_directly_meets_budget_in_one_call():
+    model = _tiny_model()
+    modules = find_mpo_modules(model)
+    dense = sum(m.dense_params for m in modules.values())
+    weights = {n: m.rebuild_weight().detach().clone() for n, m in modules.items()}
+    result = truncate_directly(model, target_ratio=0.4)
+    assert result.params <= int(0.4 * dense) == result.budget
+    for name, m in modules.items():
+        err = float(torch.linalg.norm(m.rebuild_weight().detach() - weights[name]))
+        assert err <= result.bounds[name] * (1 + 1e-6) + 1e-9, (name, err, result.bounds[name])
+
+
+def test_bad_input_errors():
+    model = _tiny_model()
+    train, held = _data()
+    modules = find_mpo_modules(model)
+    current = sum(m.num_mpo_params for m in modules.values())
+    kw = dict(train_batches=train, eval_batches=held)
+    with pytest.raises(ValueError, match="above the current size"):
+        squeeze(model, target_params=current + 1, **kw)
+    with pytest.raises(ValueError, match="below the minimum"):
+        squeeze(model, target_params=min_squeezable_params(modules) - 1, **kw)
+    with pytest.raises(ValueError, match="delta must be"):
+        squeeze(model, delta=-0.1, **kw)
+    with pytest.raises(ValueError, match="unknown target"):
+        squeeze(model, targets=["no.such.layer"], target_ratio=0.5, **kw)
+    with pytest.raises(ValueError, match="one budget"):
+        squeeze(model, target_params=10, target_ratio=0.5, **kw)
+    with pytest.raises(ValueError, match="step_size"):
+        squeeze(model, step_size=0, target_ratio=0.5, **kw)
+    with pytest.raises(ValueError, match="score"):
+        squeeze(model, score="entropy", target_ratio=0.5, **kw)
+    with pytest.raises(ValueError, match="target_ratio"):
+        truncate_directly(model, target_ratio=-1.0)
+    with pytest.raises(ValueError, match="no MPO layers"):
+        squeeze(nn.Linear(3, 2), target_ratio=0.5, **kw)
