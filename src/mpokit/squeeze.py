@@ -59,6 +59,7 @@ __all__ = [
     "squeeze",
     "truncate_directly",
     "build_optimizer",
+    "finetune",
     "evaluate",
     "plot_squeeze_log",
 ]
@@ -432,6 +433,29 @@ def _finetune(model, optimizer, train_batches, start: int, steps: int, loss_fn, 
         losses.append(float(loss.detach()))
     model.eval()
     return pos, sum(losses) / len(losses)
+
+
+def finetune(
+    model: nn.Module,
+    train_batches: Sequence,
+    steps: int,
+    *,
+    lr: float = 2e-5,
+    mpo_lr: float | None = None,
+    weight_decay: float = 0.0,
+    loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None,
+    start: int = 0,
+    max_grad_norm: float | None = 1.0,
+) -> tuple[int, float]:
+    """The fine-tuning used after every cut, on its own (baselines get exactly the same).
+
+    AdamW (:func:`build_optimizer`) over the live trainable parameters, ``steps`` steps on
+    ``train_batches[start], train_batches[start + 1], ...`` (cyclic). Returns
+    ``(next batch position, mean training loss)``.
+    """
+    _validate_common(None, 0, steps, lr, mpo_lr, "loss")
+    optimizer = build_optimizer(model, lr, mpo_lr, weight_decay)
+    return _finetune(model, optimizer, train_batches, start, steps, loss_fn or default_loss, max_grad_norm)
 
 
 # ---------------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""Baselines that MPO compression is compared against (pruning, low-rank, LSTM pruning)."""
