@@ -49,6 +49,7 @@ __all__ = [
     "lstm_modes",
     "gate_modes",
     "bond_dim_for_rate",
+    "lstm_cost",
     "EXECUTIONS",
 ]
 
@@ -274,6 +275,8 @@ class MPOLSTM(nn.Module):
         self.dropout = float(dropout)
         self.bidirectional = bool(bidirectional)
         self.execution = execution
+        self.ih_path: str | None = None  # stepwise path overrides ("rebuild" / "contract"); None: cost model
+        self.hh_path: str | None = None
         self.hidden_modes = _check_modes("modes", modes, hidden_size, n_cores)
         n = len(self.hidden_modes)
         self.input_modes = _check_modes("input_modes", input_modes, input_size, n)
@@ -568,27 +571,54 @@ class MPOLSTM(nn.Module):
 
     def _run(self, x: torch.Tensor, batch_sizes, hx):
         """x: (T, B, X) time-major, or packed data (N, X) with batch_sizes. Returns output, h_n, c_n."""
-        tokens = x.shape[0] if batch_sizes is not None else x.shape[0] * x.shape[1]
-        batch = int(batch_sizes[0]) if batch_sizes is not None else x.shape[1]
-        plan = self.plan(tokens, batch)
+        if batch_sizes is not None:
+            tokens, batch, steps = x.shape[0], int(batch_sizes[0]), int(batch_sizes.shape[0])
+        else:
+            steps, batch = x.shape[0], x.shape[1]
+            tokens = steps * batch
+        plan = self.plan(tokens, batch, steps)
         if plan["execution"] == "fused":
             return self._run_fused(x, batch_sizes, hx)
         return self._run_stepwise(x, batch_sizes, hx, plan)
 
-    def plan(self, tokens: int, batch: int) -> dict:
-        """Execution plan for ``tokens`` input rows (T * B) and ``batch`` sequences.
+    def plan(self, tokens: int, batch: int, steps: int | None = None) -> dict:
+        """Execution plan for ``tokens`` input rows, ``batch`` sequences, ``steps`` time steps.
 
-        Returns ``{"execution": "fused" | "stepwise", "ih": path, "hh": path}``
-        with paths "rebuild" / "contract" for the stepwise strategy.
+        Returns ``{"execution": "fused" | "stepwise", "ih": path, "hh": path}``;
+        the paths ("rebuild" / "contract") are those of the stepwise strategy.
+        Chosen by :func:`lstm_cost` unless ``execution`` forces a strategy; cached per shape.
         """
-        if self.execution == "fused":
-            return {"execution": "fused", "ih": "rebuild", "hh": "rebuild"}
-        key = (tokens, batch, self.execution)
+        steps = steps if steps is not None else max(1, tokens // max(batch, 1))
+        key = (tokens, batch, steps, self.execution, self.ih_path, self.hh_path, self.training, torch.is_grad_enabled())
         cached = self._path_cache.get(key)
         if cached is None:
-            cached = _plan_from_costs(self, tokens, batch, self.execution)
+            training = self.training and torch.is_grad_enabled()
+            cost = lstm_cost(self, steps=steps, batch=batch, training=training)
+            if self.execution == "auto":
+                execution = "fused" if cost["fused"] <= cost["stepwise"] else "stepwise"
+            else:
+                execution = self.execution
+            cached = {
+                "execution": execution,
+                "ih": self.ih_path or cost["path_ih"],
+                "hh": self.hh_path or cost["path_hh"],
+            }
             self._path_cache[key] = cached
         return cached
+
+    def set_execution(self, execution: str = "auto", ih_path: str | None = None, hh_path: str | None = None) -> "MPOLSTM":
+        """Force a strategy ("auto", "fused", "stepwise") and, for stepwise, the W / U paths.
+
+        ``ih_path`` / ``hh_path``: "rebuild", "contract" or None (cost model). Returns self.
+        """
+        if execution not in EXECUTIONS:
+            raise ValueError(f"execution must be one of {EXECUTIONS}, got {execution!r}; e.g. execution='auto'")
+        for name, path in (("ih_path", ih_path), ("hh_path", hh_path)):
+            if path not in (None, "rebuild", "contract"):
+                raise ValueError(f"{name} must be 'rebuild', 'contract' or None, got {path!r}; e.g. {name}='contract'")
+        self.execution, self.ih_path, self.hh_path = execution, ih_path, hh_path
+        self._path_cache.clear()
+        return self
 
     def _flat_weights(self) -> list[torch.Tensor]:
         flat = []
@@ -707,11 +737,12 @@ def _lstm_direction(x, state, w_ih: LSTMWeightMPO, w_hh: LSTMWeightMPO, biases, 
         mask = (torch.arange(steps).unsqueeze(1) < lengths.unsqueeze(0)).to(x.device).unsqueeze(-1)  # (T, B, 1)
     h, c = state
     outs = []
+    per_step = gates_x.unbind(0)  # one backward node for all steps (indexing would add T full-size zeros)
     for t in range(steps):
         if u_t is not None:
-            gates = torch.addmm(gates_x[t], h, u_t)  # (B, 4H)
+            gates = torch.addmm(per_step[t], h, u_t)  # (B, 4H)
         else:
-            gates = gates_x[t] + w_hh.matmul(h, "contract")
+            gates = per_step[t] + w_hh.matmul(h, "contract")
         i, f, g, o = gates.chunk(GATES, 1)
         c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         h_new = torch.sigmoid(o) * torch.tanh(c_new)
@@ -761,16 +792,57 @@ def _resolve_bonds(out_modes, in_modes, spec) -> tuple[int, ...]:
     return _uniform_dims(out_modes, in_modes, d)
 
 
-def _plan_from_costs(lstm: MPOLSTM, tokens: int, batch: int, execution: str) -> dict:
-    """Pick the execution strategy from FLOP counts (see :mod:`mpokit.contract`)."""
-    try:
-        from .. import contract  # noqa: F401
-    except ImportError:  # contract.py not available: the fused kernel is always correct
-        return {"execution": "fused", "ih": "rebuild", "hh": "rebuild"}
-    return _plan_with_contract(lstm, tokens, batch, execution)
+# Per time step and per (layer, direction), the stepwise loop issues ~10 small
+# tensor ops from Python (plus their backward); in FLOP-equivalents on a CPU
+# core (~120 GFLOP/s measured for the dense matmuls, ~140 us per step forward). Calibrated with
+# benchmarks/bench_lstm.py (stepwise with both paths "rebuild" vs fused).
+STEP_OVERHEAD_FLOPS = 1.5e7
+CONTRACT_STEP_OVERHEAD_FLOPS = 8e6  # extra per step when U is contracted (4 einsums + reshapes)
 
 
-def _plan_with_contract(lstm: MPOLSTM, tokens: int, batch: int, execution: str) -> dict:
-    if execution == "stepwise":
-        return {"execution": "stepwise", "ih": "rebuild", "hh": "rebuild"}
-    return {"execution": "fused", "ih": "rebuild", "hh": "rebuild"}
+def lstm_cost(lstm: "MPOLSTM", steps: int, batch: int, training: bool = True) -> dict:
+    """FLOP cost model of one call (2 * multiply-adds; see :mod:`mpokit.contract`).
+
+    Per (layer, direction), with ``N = steps * batch`` tokens:
+
+    * dense LSTM: ``x W^T`` over N tokens + ``h U^T`` over N tokens;
+    * ``fused``: the same plus rebuilding W and U;
+    * ``stepwise``: W either contracted with all N tokens at once or rebuilt + one
+      matmul; U either contracted per step (``steps`` x ``batch`` tokens) or
+      rebuilt + matmul; the cheaper of each, plus a per-step overhead for the
+      Python loop.
+
+    Training multiplies matmul and contraction FLOPs alike (backward ~ 2x forward), so
+    it does not change the comparison; it is accepted for the overhead terms.
+    Returns totals ``dense``, ``fused``, ``stepwise``, per-kind ``dense_ih``,
+    ``dense_hh``, ``contract_ih``, ``contract_hh``, ``rebuild_ih``, ``rebuild_hh``
+    and the chosen stepwise paths ``path_ih``, ``path_hh``.
+    """
+    from .. import contract
+
+    tokens = steps * batch
+    factor = 3 if training else 1
+    acc = {k: 0.0 for k in ("dense_ih", "dense_hh", "contract_ih", "contract_hh", "rebuild_ih", "rebuild_hh")}
+    for name, m in lstm.weight_modules():
+        kind = "ih" if name.startswith("weight_ih") else "hh"
+        out_modes, in_modes, dims = m.out_modes, m.in_modes, m.bond_dims
+        rows, cols = m.shape
+        acc[f"dense_{kind}"] += contract.dense_flops(rows, cols, tokens)
+        acc[f"rebuild_{kind}"] += contract.rebuild_flops(out_modes, in_modes, dims)
+        if kind == "ih":
+            acc["contract_ih"] += contract.contraction_flops(out_modes, in_modes, dims, tokens)
+        else:
+            acc["contract_hh"] += steps * contract.contraction_flops(out_modes, in_modes, dims, batch)
+    loops = steps * lstm.num_layers * lstm.num_directions
+    out = {k: v * factor for k, v in acc.items()}
+    out["dense"] = out["dense_ih"] + out["dense_hh"]
+    out["fused"] = out["dense"] + out["rebuild_ih"] + out["rebuild_hh"]
+    ih_rebuild = out["dense_ih"] + out["rebuild_ih"]
+    hh_rebuild = out["dense_hh"] + out["rebuild_hh"]
+    hh_contract = out["contract_hh"] + loops * CONTRACT_STEP_OVERHEAD_FLOPS * factor
+    out["path_ih"] = "contract" if out["contract_ih"] < ih_rebuild else "rebuild"
+    out["path_hh"] = "contract" if hh_contract < hh_rebuild else "rebuild"
+    out["stepwise"] = (
+        min(out["contract_ih"], ih_rebuild) + min(hh_contract, hh_rebuild) + loops * STEP_OVERHEAD_FLOPS * factor
+    )
+    return out
