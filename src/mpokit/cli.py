@@ -19,6 +19,7 @@ from typing import Sequence
 # Subcommand modules under mpokit.commands, in the order shown by --help.
 COMMANDS: list[str] = [
     "decompose",
+    "finetune",
 ]
 
 
