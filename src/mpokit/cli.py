@@ -20,6 +20,7 @@ from typing import Sequence
 COMMANDS: list[str] = [
     "decompose",
     "finetune",
+    "lstm",
 ]
 
 

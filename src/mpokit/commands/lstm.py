@@ -1,0 +1,79 @@
+"""``mpokit lstm classify|lm``: dense LSTM vs MPO-LSTM vs pruning-LSTM under one LSTM-weight budget.
+
+``classify`` trains word-level LSTM classifiers on Rotten Tomatoes sentences (test accuracy);
+``lm`` trains 2-layer LSTM language models on Penn Treebank (validation / test perplexity). Each
+writes runs.csv (every run), results.md (rate x method tables, time per epoch) and a PNG of the
+metric against the rate into --out. The logic lives in :mod:`mpokit.experiments`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+PRESETS = ("tiny", "smoke", "small", "full")
+
+
+def _numbers(text: str) -> tuple:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}; e.g. 10,50,100") from None
+    return tuple(int(v) if v.is_integer() else v for v in values)
+
+
+def _ints(text: str) -> tuple:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}; e.g. 0,1,2") from None
+
+
+def _names(text: str) -> tuple:
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "lstm",
+        help="MPO-LSTM vs pruning vs dense LSTM: RT sentence classification or PTB language modelling",
+        description=__doc__.split("\n\n")[1].replace("\n", " "),
+    )
+    parser.add_argument("task", choices=("classify", "lm"), help="classify: Rotten Tomatoes accuracy; lm: PTB perplexity")
+    parser.add_argument("--preset", choices=PRESETS, default="smoke",
+                        help="tiny (unit test), smoke (about a minute on CPU), small (CPU, tens of minutes), full (GPU)")
+    parser.add_argument("--out", default=None, metavar="DIR", help="output folder (default: runs/lstm_<task>_<preset>)")
+    parser.add_argument("--rates", type=_numbers, default=None, help="compression rates, e.g. 5,10,15,20,25,50,75,100")
+    parser.add_argument("--seeds", type=_ints, default=None, help="seeds, e.g. 0,1,2")
+    parser.add_argument("--methods", type=_names, default=None, help="subset of dense,mpo,pruning")
+    parser.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
+    parser.add_argument("--train-size", type=int, default=None,
+                        help="classify: training sentences; lm: training tokens (default: the preset's)")
+    parser.add_argument("--resume", action="store_true", help="skip runs already in OUT/runs.csv")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    overrides = {"rates": args.rates, "seeds": args.seeds, "methods": args.methods, "epochs": args.epochs}
+    if args.task == "classify":
+        from ..experiments.lstm_classification import config_from_preset, run_classification as run_task
+
+        cfg = config_from_preset(args.preset, train_size=args.train_size, **overrides)
+    else:
+        from ..experiments.lstm_lm import config_from_preset, run_language_model as run_task
+
+        cfg = config_from_preset(args.preset, train_tokens=args.train_size, **overrides)
+    out = args.out or f"runs/lstm_{args.task}_{args.preset}"
+    command = "mpokit " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv and sys.argv[0].endswith("mpokit") else None
+    result = run_task(cfg, out, progress=not args.no_progress, resume=args.resume, command=command)
+    print(result.table_path.read_text())
+    print(f"wrote {result.csv_path}, {result.table_path}, " + ", ".join(str(p) for p in result.plot_paths))
+    return 0

@@ -1,0 +1,1 @@
+"""Reproducible experiments (imported on demand; ``import mpokit`` does not load them)."""

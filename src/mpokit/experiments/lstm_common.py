@@ -1,0 +1,161 @@
+"""Shared pieces of the LSTM experiments: the three methods under one LSTM-weight budget.
+
+Methods (``METHODS``):
+
+* ``"dense"``: ``nn.LSTM`` (rate 1);
+* ``"mpo"``: :class:`mpokit.layers.lstm.MPOLSTM` trained from scratch (random init, as in the
+  MPO-LSTM paper): every W (4H x X) and U (4H x H) is one MPO with the gates stacked in the first
+  out mode and a uniform bond chosen per rate by :func:`mpokit.layers.lstm.bond_dim_for_rate`;
+* ``"pruning"``: ``nn.LSTM`` whose W and U are pruned gradually by magnitude (cubic schedule,
+  :class:`mpokit.baselines.lstm_pruning.LSTMPruner`) to **exactly** as many non-zeros as the
+  MPO-LSTM of the same rate has parameters, then fine-tuned.
+
+Rate = dense W+U weight count / compressed W+U count (biases, embeddings and output layers are
+dense in every method and not part of the rate).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .. import shapes
+
+METHODS = ("dense", "mpo", "pruning")
+PAPER_RATES = (5, 10, 15, 20, 25, 50, 75, 100)
+METHOD_LABELS = {"dense": "dense LSTM", "mpo": "MPO-LSTM", "pruning": "pruning-LSTM"}
+
+
+def check_methods_rates(methods: Sequence[str], rates: Sequence[float]) -> tuple[tuple[str, ...], tuple[float, ...]]:
+    """Validate the method names and rates of an experiment grid."""
+    methods = tuple(methods)
+    bad = [m for m in methods if m not in METHODS]
+    if bad or not methods:
+        raise ValueError(f"unknown methods {bad or methods}; choose from {METHODS}, e.g. ('dense', 'mpo', 'pruning')")
+    rates = tuple(float(r) if not float(r).is_integer() else int(r) for r in rates)
+    if any(not (r > 1 and math.isfinite(r)) for r in rates):
+        raise ValueError(f"rates must be finite numbers > 1 (dense / compressed), got {rates}; e.g. (10, 50, 100)")
+    return methods, rates
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def mpo_lstm_weight_counts(input_size: int, hidden_size: int, num_layers: int, rate: float) -> dict[str, int]:
+    """MPO parameters of each W / U (``weight_ih_l0``, ``weight_hh_l0``, ...) of an MPOLSTM at ``rate``,
+    computed from the modes and bond formula alone (no module is built, no RNG is touched)."""
+    from ..layers.lstm import bond_dim_for_rate, gate_modes, lstm_modes
+
+    hidden_modes = lstm_modes(hidden_size)
+    out_modes = gate_modes(hidden_modes)
+    counts = {}
+    for layer in range(num_layers):
+        in_modes = lstm_modes(input_size if layer == 0 else hidden_size)
+        for kind, cols in (("ih", in_modes), ("hh", hidden_modes)):
+            d = bond_dim_for_rate(out_modes, cols, rate)
+            dims = shapes.consistent_bond_dims(out_modes, cols, [d] * (len(out_modes) - 1))
+            counts[f"weight_{kind}_l{layer}"] = shapes.mpo_num_params(out_modes, cols, dims)
+    return counts
+
+
+def dense_lstm_weight_count(input_size: int, hidden_size: int, num_layers: int) -> int:
+    """W + U entries of a unidirectional ``nn.LSTM`` (biases excluded)."""
+    return sum(4 * hidden_size * ((input_size if layer == 0 else hidden_size) + hidden_size) for layer in range(num_layers))
+
+
+@dataclass
+class LSTMBuild:
+    """An LSTM built for one method and rate, plus what the experiment needs to know about it."""
+
+    method: str
+    rate: float  # target rate (1 for dense)
+    lstm: nn.Module
+    dense_weights: int  # W + U entries of the dense LSTM
+    budget: int  # W + U weights the method may keep (MPO parameters / pruning non-zeros)
+    pruner_nonzeros: int | None = None  # pruning only: final non-zeros handed to LSTMPruner
+
+    def bond_dims(self) -> str:
+        if self.method != "mpo":
+            return ""
+        return ";".join(f"{name}:{'x'.join(map(str, m.bond_dims))}" for name, m in self.lstm.weight_modules())
+
+
+def build_lstm(method: str, input_size: int, hidden_size: int, num_layers: int, rate: float, *, dropout: float = 0.0, batch_first: bool = False) -> LSTMBuild:
+    """The LSTM of ``method`` at ``rate`` (ignored for dense). The pruning LSTM starts dense; attach an
+    :class:`~mpokit.baselines.lstm_pruning.LSTMPruner` with ``final_nonzeros=build.budget``."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose from {METHODS}, e.g. 'mpo'")
+    dense = dense_lstm_weight_count(input_size, hidden_size, num_layers)
+    kwargs = dict(num_layers=num_layers, dropout=dropout, batch_first=batch_first)
+    if method == "dense":
+        return LSTMBuild(method, 1, nn.LSTM(input_size, hidden_size, **kwargs), dense, dense)
+    budget = sum(mpo_lstm_weight_counts(input_size, hidden_size, num_layers, rate).values())
+    if method == "mpo":
+        from ..layers.lstm import MPOLSTM
+
+        lstm = MPOLSTM(input_size, hidden_size, rate=rate, **kwargs)
+        if lstm.num_weight_params() != budget:  # internal invariant: both use the same bond formula
+            raise AssertionError(f"MPOLSTM has {lstm.num_weight_params()} weights, the budget formula says {budget}")
+        return LSTMBuild(method, rate, lstm, dense, budget)
+    return LSTMBuild(method, rate, nn.LSTM(input_size, hidden_size, **kwargs), dense, budget, pruner_nonzeros=budget)
+
+
+def lstm_weight_count(lstm: nn.Module) -> int:
+    """Stored W + U weights: MPO parameters for an MPOLSTM, non-zeros of the (masked) matrices for an
+    ``nn.LSTM`` (all entries when dense and non-zero)."""
+    if hasattr(lstm, "num_weight_params"):
+        return int(lstm.num_weight_params())
+    from ..baselines.lstm_pruning import effective_weight, lstm_weight_names
+
+    with torch.no_grad():
+        return sum(int(torch.count_nonzero(effective_weight(lstm, n))) for n in lstm_weight_names(lstm))
+
+
+def model_param_count(model: nn.Module) -> int:
+    """Whole-model stored parameters; pruned (masked-out) entries are not counted."""
+    total = 0
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if name.endswith("_orig") and hasattr(module, name[: -len("_orig")] + "_mask"):
+                total += int(getattr(module, name[: -len("_orig")] + "_mask").sum())
+            else:
+                total += p.numel()
+    return total
+
+
+def make_optimizers(model: nn.Module, lr: float) -> list[torch.optim.Optimizer]:
+    """Adam for the dense parameters and SparseAdam for sparse embeddings (``nn.Embedding(sparse=True)``):
+    only the rows a batch uses are updated, which keeps large vocabularies cheap on CPU."""
+    sparse = [m.weight for m in model.modules() if isinstance(m, nn.Embedding) and m.sparse]
+    ids = {id(p) for p in sparse}
+    dense = [p for p in model.parameters() if id(p) not in ids]
+    opts: list[torch.optim.Optimizer] = [torch.optim.Adam(dense, lr=lr)]
+    if sparse:
+        opts.append(torch.optim.SparseAdam(sparse, lr=lr))
+    return opts
+
+
+def dense_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Parameters whose gradients are dense (what gradient clipping acts on)."""
+    ids = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding) and m.sparse}
+    return [p for p in model.parameters() if id(p) not in ids]
+
+
+class Timer:
+    """Wall-clock seconds of a ``with`` block (``timer.seconds``)."""
+
+    def __enter__(self):
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self._t0
+        return False

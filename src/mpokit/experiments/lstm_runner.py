@@ -1,0 +1,104 @@
+"""Run a grid of (seed, method, rate) for one LSTM task and write CSV, tables and plot.
+
+Order: seed-major (every method and rate for seed 0, then seed 1, ...), so an interrupted run still
+has complete seeds. With ``resume=True`` runs already in ``runs.csv`` are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import platform
+import sys
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Callable, Sequence
+
+import torch
+
+from .lstm_common import check_methods_rates
+from .lstm_report import markdown_table, plot_metric, read_runs, run_key, timing_table, write_runs
+
+
+@dataclass
+class ExperimentResult:
+    """Every run (rows) and the files written."""
+
+    rows: list[dict]
+    out_dir: pathlib.Path
+    csv_path: pathlib.Path
+    table_path: pathlib.Path
+    plot_paths: list[pathlib.Path] = field(default_factory=list)
+
+
+def grid(methods: Sequence[str], rates: Sequence[float]) -> list[tuple[str, float]]:
+    """(method, rate) pairs: dense once at rate 1, then pruning and MPO at every rate."""
+    methods, rates = check_methods_rates(methods, rates)
+    pairs = [("dense", 1)] if "dense" in methods else []
+    pairs += [(m, r) for r in rates for m in ("pruning", "mpo") if m in methods]
+    return pairs
+
+
+def eligible_from_epoch(epochs: int, steps_per_epoch: int, prune_end: float) -> int:
+    """First epoch (1-based) that ends after pruning reached its final sparsity. Model selection
+    (best validation) uses only these epochs, for every method alike."""
+    end_step = round(prune_end * epochs * steps_per_epoch)
+    return max(1, min(epochs, math.ceil(end_step / steps_per_epoch)))
+
+
+def run_experiment(
+    task: str,
+    config,
+    out_dir: str | pathlib.Path,
+    prepare: Callable,
+    train_one: Callable,
+    metric: tuple[str, str, bool, int],
+    *,
+    progress: bool = True,
+    resume: bool = False,
+    command: str | None = None,
+) -> ExperimentResult:
+    """``prepare(config) -> data``; ``train_one(config, data, method, rate, seed, progress) -> row``.
+    ``metric = (name, y-axis label, higher_is_better, digits)``."""
+    from tqdm.auto import tqdm
+
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv_path, table_path = out_dir / "runs.csv", out_dir / "results.md"
+    (out_dir / "config.json").write_text(json.dumps({"task": task, **asdict(config)}, indent=2, default=str))
+    rows = read_runs(csv_path) if resume else []
+    done = {run_key(r) for r in rows}
+    pairs = grid(config.methods, config.rates)
+    todo = [(s, m, r) for s in config.seeds for m, r in pairs if (m, float(r), int(s)) not in done]
+    data = prepare(config)
+    for seed, method, rate in tqdm(todo, desc=f"lstm {task} runs", disable=not progress, mininterval=5):
+        row = train_one(config, data, method, rate, seed, progress)
+        rows.append(row)
+        write_runs(rows, csv_path)
+        if progress:
+            tqdm.write(
+                f"[{task}] {method:8s} rate {rate:>4} seed {seed}: {metric[0]} valid {row['metric_valid']:.3f} "
+                f"test {row['metric_test']:.3f} | {row['lstm_weights']:,} LSTM weights | "
+                f"{row['train_s_per_epoch']:.1f} s/epoch train"
+            )
+    write_runs(rows, csv_path)
+    name, ylabel, higher, digits = metric
+    header = [
+        f"# LSTM {task}: dense vs MPO-LSTM vs pruning-LSTM",
+        "",
+        f"- preset `{config.preset}`; written {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}; "
+        f"torch {torch.__version__}, {platform.machine()}, {torch.get_num_threads()} thread(s)",
+        f"- command: `{command or ' '.join(sys.argv)}`",
+        f"- config: `{json.dumps(asdict(config), default=str)}`",
+        "",
+    ]
+    body = [
+        markdown_table(rows, "metric_test", f"test {name}", higher, digits),
+        markdown_table(rows, "metric_valid", f"validation {name}", higher, digits),
+        "Time per epoch (same machine, same data):\n",
+        timing_table(rows),
+    ]
+    table_path.write_text("\n".join(header) + "\n" + "\n".join(body))
+    plots = [plot_metric(rows, "metric_test", f"test {ylabel}", out_dir / f"{task}_test_{name}.png", f"LSTM {task}: test {name} vs rate")]
+    return ExperimentResult(rows, out_dir, csv_path, table_path, plots)

@@ -1,0 +1,186 @@
+"""LSTM experiments: budgets per rate, pruning masks, MPO-LSTM equivalence, tiny presets end to end."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from mpokit.baselines.lstm_pruning import LSTMPruner, cubic_sparsity, effective_weight, load_pruned, pruned_tensors, save_pruned
+from mpokit.experiments.lstm_common import (
+    PAPER_RATES,
+    build_lstm,
+    dense_lstm_weight_count,
+    lstm_weight_count,
+    make_optimizers,
+    model_param_count,
+    mpo_lstm_weight_counts,
+)
+from mpokit.layers.lstm import MPOLSTM
+
+
+def _independent_mpo_count(lstm: MPOLSTM) -> int:
+    """Sum of d_{k-1} * i_k * j_k * d_k over every core of every W and U, read off the tensors."""
+    total = 0
+    for _, module in lstm.weight_modules():
+        for core in module.cores:
+            d0, i, j, d1 = core.shape
+            total += d0 * i * j * d1
+    return total
+
+
+@pytest.mark.parametrize("rate", PAPER_RATES)
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_budget_within_5_percent_of_target(rate, num_layers):
+    torch.manual_seed(0)
+    dense = sum(p.numel() for n, p in nn.LSTM(256, 256, num_layers).named_parameters() if n.startswith("weight_"))
+    assert dense == dense_lstm_weight_count(256, 256, num_layers) == 524_288 * num_layers
+    target = dense / rate
+    mpo = build_lstm("mpo", 256, 256, num_layers, rate)
+    mpo_count = _independent_mpo_count(mpo.lstm)
+    assert mpo_count == mpo.budget == sum(mpo_lstm_weight_counts(256, 256, num_layers, rate).values())
+    assert abs(mpo_count - target) / target <= 0.05, f"MPO rate {rate}: {mpo_count} vs target {target:.0f}"
+    pruned = build_lstm("pruning", 256, 256, num_layers, rate)
+    pruner = LSTMPruner(pruned.lstm, final_nonzeros=pruned.pruner_nonzeros, begin_step=0, end_step=1)
+    pruner.finalize()
+    pruned.lstm(torch.randn(3, 2, 256))  # the forward hook recomputes orig * mask
+    nonzeros = sum(int(torch.count_nonzero(getattr(pruned.lstm, n))) for n in ("weight_ih_l0", "weight_hh_l0")
+                   + (("weight_ih_l1", "weight_hh_l1") if num_layers == 2 else ()))
+    assert nonzeros == mpo_count == lstm_weight_count(pruned.lstm)
+    assert abs(nonzeros - target) / target <= 0.05
+    assert abs(pruner.sparsity() - (1 - 1 / rate)) <= 0.05 / rate
+
+
+def test_cubic_schedule_zhu_gupta():
+    f = lambda t: cubic_sparsity(t, 0.9, 10, 110)
+    assert f(0) == 0.0 and f(10) == 0.0 and f(110) == 0.9 and f(500) == 0.9
+    assert math.isclose(f(60), 0.9 * (1 - 0.5**3))
+    values = [f(t) for t in range(0, 120)]
+    assert all(a <= b for a, b in zip(values, values[1:]))
+    with pytest.raises(ValueError, match="final_sparsity"):
+        cubic_sparsity(0, 1.0, 0, 10)
+
+
+def _tiny_model():
+    from mpokit.experiments.lstm_classification import LSTMClassifier
+
+    return LSTMClassifier(50, 16, nn.LSTM(16, 16, batch_first=True), 2, dropout=0.0)
+
+
+def _train_step(model, opts, ids, lengths, labels):
+    for opt in opts:
+        opt.zero_grad()
+    nn.functional.cross_entropy(model(ids, lengths), labels).backward()
+    for opt in opts:
+        opt.step()
+
+
+def test_pruned_weights_stay_zero_and_mask_survives_save_load(tmp_path):
+    torch.manual_seed(0)
+    model = _tiny_model()
+    pruner = LSTMPruner(model.lstm, rate=10, begin_step=0, end_step=6, frequency=2)
+    opts = make_optimizers(model, lr=1e-2)
+    ids, lengths, labels = torch.randint(1, 50, (8, 7)), torch.randint(1, 8, (8,)), torch.randint(0, 2, (8,))
+    masks_at_end = None
+    for step in range(20):
+        _train_step(model, opts, ids, lengths, labels)
+        pruner.step(step)
+        if step == 6:
+            masks_at_end = {n: getattr(model.lstm, n + "_mask").clone() for n in ("weight_ih_l0", "weight_hh_l0")}
+        for name in ("weight_ih_l0", "weight_hh_l0"):
+            w = effective_weight(model.lstm, name)
+            assert torch.all(w[getattr(model.lstm, name + "_mask") == 0] == 0)
+    assert pruner.kept() == pruner.final_nonzeros == round(2 * 64 * 16 / 10)
+    for name, mask in masks_at_end.items():  # no mask change after the schedule ended, weights still trained
+        assert torch.equal(getattr(model.lstm, name + "_mask"), mask)
+        assert torch.all(effective_weight(model.lstm, name)[mask == 0] == 0)
+    model.eval()
+    expected = model(ids, lengths)
+    save_pruned(model, tmp_path / "ckpt", extra={"rate": 10})
+    assert not list((tmp_path / "ckpt").glob("*.tmp"))
+    fresh = _tiny_model()
+    meta = load_pruned(fresh, tmp_path / "ckpt")
+    fresh.eval()
+    assert meta["extra"] == {"rate": 10} and pruned_tensors(fresh) == [("lstm", "weight_hh_l0"), ("lstm", "weight_ih_l0")]
+    assert torch.equal(fresh(ids, lengths), expected)
+    for name, mask in masks_at_end.items():
+        assert torch.equal(getattr(fresh.lstm, name + "_mask"), mask)
+    fresh.train()  # the reloaded mask still holds through training
+    _train_step(fresh, make_optimizers(fresh, lr=1e-2), ids, lengths, labels)
+    assert lstm_weight_count(fresh.lstm) == pruner.final_nonzeros
+    assert model_param_count(fresh) == model_param_count(model) < sum(p.numel() for p in fresh.parameters())
+
+
+def test_load_pruned_rejects_corrupt_checkpoint(tmp_path):
+    model = _tiny_model()
+    LSTMPruner(model.lstm, rate=4).finalize()
+    save_pruned(model, tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="corrupt"):
+        load_pruned(_tiny_model(), tmp_path)
+
+
+def test_mpo_lstm_from_dense_at_full_bonds_gives_dense_outputs():
+    torch.manual_seed(0)
+    dense = nn.LSTM(16, 16, num_layers=2).double()
+    mpo = MPOLSTM.from_lstm(dense)
+    x = torch.randn(5, 3, 16, dtype=torch.float64)
+    (y, (h, c)), (y_ref, (h_ref, c_ref)) = mpo(x), dense(x)
+    assert torch.allclose(y, y_ref, atol=1e-10) and torch.allclose(h, h_ref, atol=1e-10) and torch.allclose(c, c_ref, atol=1e-10)
+
+
+def _check_outputs(out, n_runs):
+    from mpokit.experiments.lstm_report import read_runs
+
+    rows = read_runs(out / "runs.csv")
+    assert len(rows) == n_runs
+    for row in rows:
+        assert row["last_loss"] < row["first_loss"], row
+    table = (out / "results.md").read_text()
+    assert "| 1 (dense) |" in table and "| 10 |" in table and "Embedding and output layers stay dense" in table
+    pngs = list(out.glob("*.png"))
+    assert pngs and pngs[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return rows
+
+
+def test_tiny_classification_via_cli(tmp_path):
+    from mpokit import cli
+
+    if "lstm" not in cli.COMMANDS:
+        pytest.skip("the lstm subcommand is not registered in mpokit.cli yet")
+    assert cli.main(["lstm", "classify", "--preset", "tiny", "--out", str(tmp_path), "--no-progress"]) == 0
+    rows = _check_outputs(tmp_path, 3)
+    by_method = {r["method"]: r for r in rows}
+    assert by_method["mpo"]["lstm_weights"] == by_method["pruning"]["lstm_weights"] < by_method["dense"]["lstm_weights"]
+
+
+def test_tiny_classification_api(tmp_path):
+    from mpokit.experiments.lstm_classification import PRESETS, prepare_data, run_classification
+
+    data = prepare_data(PRESETS["tiny"])
+    assert data.sizes == {"train": 512, "validation": 128, "test": 128}
+    result = run_classification(PRESETS["tiny"], tmp_path, progress=False)
+    rows = _check_outputs(tmp_path, 3)
+    assert {r["method"] for r in rows} == {"dense", "mpo", "pruning"} and result.rows[0]["metric_test"] >= 0
+
+
+def test_tiny_language_model(tmp_path):
+    from mpokit.experiments.lstm_lm import PRESETS, run_language_model
+
+    run_language_model(PRESETS["tiny"], tmp_path, progress=False)
+    rows = _check_outputs(tmp_path, 3)
+    for row in rows:
+        assert 1 < row["metric_test"] < 10_000 and row["lstm_dense_weights"] == 2 * 4 * 64 * 128
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["classify", "lm"])
+def test_smoke_presets(tmp_path, task):
+    if task == "classify":
+        from mpokit.experiments.lstm_classification import PRESETS, run_classification as run
+    else:
+        from mpokit.experiments.lstm_lm import PRESETS, run_language_model as run
+    cfg = PRESETS["smoke"]
+    run(cfg, tmp_path, progress=False)
+    n = len(cfg.seeds) * (1 + 2 * len(cfg.rates))
+    _check_outputs(tmp_path, n)
