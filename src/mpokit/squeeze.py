@@ -649,7 +649,8 @@ def squeeze(
         step_size: int ``s``: central bonds ``d -> d - s``; float ``f`` in (0, 1):
             ``d -> d - ceil(f d)`` ("chunked" cuts).
         matrices_per_step: how many matrices (the cheapest ones) are cut before each
-            round of fine-tuning (1 = the paper's algorithm).
+            round of fine-tuning (1 = the paper's algorithm); with a budget, the cuts of
+            a step stop as soon as the budget is met.
         score: how cuts are ranked, see :data:`SCORES` (default: bound increase, as MPOP).
         finetune_steps, lr, mpo_lr, weight_decay, max_grad_norm: the fine-tuning after
             every cut (AdamW; MPO cores at ``mpo_lr``). Central cores are frozen; auxiliary
@@ -730,12 +731,17 @@ def squeeze(
         snapshot = None
         if delta is not None and rollback:
             snapshot = ({k: v.detach().clone() for k, v in model.state_dict().items()}, {n: m.error_bound for n, m in modules.items()}, torch.get_rng_state())
-        step_bound = 0.0
-        for cut in cuts:
+        step_bound, applied = 0.0, []
+        for cut in cuts:  # cheapest first; with a budget, stop as soon as it is met
             layer = modules[cut.name]
             got = layer.truncate_(max_bond=list(cut.new_dims))
             assert layer.bond_dims == cut.new_dims, (layer.bond_dims, cut.new_dims)
             step_bound = math.sqrt(step_bound**2 + got**2)
+            applied.append(cut)
+            params -= cut.params_removed
+            if budget is not None and params <= budget:
+                break
+        cuts = applied
         optimizer = build_optimizer(model, lr, mpo_lr, weight_decay)
         pos, train_loss = _finetune(model, optimizer, train_batches, pos, finetune_steps, loss_fn, max_grad_norm)
         ft_total += finetune_steps
