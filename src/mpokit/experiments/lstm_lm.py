@@ -10,12 +10,14 @@ rule for every method). Python API::
     from mpokit.experiments.lstm_lm import PRESETS, run_language_model
     result = run_language_model(PRESETS["smoke"], "runs/lstm_lm_smoke")
 
-Presets (1 thread of the 2-core CPU sandbox, ~4,000 training tokens/s for the dense model):
+Presets (1 thread of the 2-core CPU sandbox: ~4,000 training tokens/s for the dense model when the
+machine is idle, ~1,100 when it is shared):
 
 * ``tiny``: 4k training tokens, hidden 64, eval on 2k tokens -- the unit test (seconds);
 * ``smoke``: 20k training tokens, 1 epoch, 10k eval tokens, rate 10, seed 0 (about a minute);
-* ``small``: the first 100k training tokens, 2 epochs, full valid/test, rates 10/50/100, 3 seeds
-  (about 70 s per run);
+* ``small``: the first 40k training tokens, 2 epochs, the first 20k tokens of valid / test, rates
+  10/50/100, 3 seeds (21 runs, ~85 s each on a shared, loaded 2-core sandbox: ~30 min). Far too
+  little training for literature perplexities (~100): it compares methods at one tiny budget;
 * ``full``: all 929k training tokens, 15 epochs, full valid/test, the paper's eight rates, 3 seeds
   (~4 min per epoch on one CPU thread, so ~35 days of CPU for the grid: GPU only).
 """
@@ -70,7 +72,8 @@ PRESETS = {
     "tiny": LMConfig("tiny", train_tokens=4000, eval_tokens=2000, embed_dim=64, hidden_size=64, epochs=2, batch_size=8,
                      bptt=20, lr=3e-3, prune_frequency=2, rates=(10,), seeds=(0,)),
     "smoke": LMConfig("smoke", train_tokens=20_000, eval_tokens=10_000, epochs=1, rates=(10,), seeds=(0,)),
-    "small": LMConfig("small", train_tokens=100_000, epochs=2, rates=(10, 50, 100), seeds=(0, 1, 2)),
+    "small": LMConfig("small", train_tokens=40_000, eval_tokens=20_000, epochs=2, prune_frequency=5, rates=(10, 50, 100),
+                      seeds=(0, 1, 2)),
     "full": LMConfig("full", epochs=15, dropout=0.3, lr=1e-3, prune_frequency=100, rates=PAPER_RATES, seeds=(0, 1, 2)),
 }
 
