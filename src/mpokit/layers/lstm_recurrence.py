@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from .lstm_plan import GATES
+from ..contract import mpo_apply
 
-__all__ = ["lstm_direction", "lengths_from_batch_sizes", "packed_to_padded", "padded_to_packed"]
+__all__ = ["lstm_direction", "LSTMRecurrence", "lengths_from_batch_sizes", "packed_to_padded", "padded_to_packed"]
 
 
 def lengths_from_batch_sizes(batch_sizes: torch.Tensor) -> torch.Tensor:
@@ -53,9 +53,10 @@ def _reverse_index(steps: int, lengths: torch.Tensor | None, batch: int, device)
 def lstm_direction(x, state, w_ih, w_hh, biases, *, reverse, lengths, ih_path, hh_path):
     """One layer, one direction. x (T, B, X) -> out (T, B, H), h_n (B, H), c_n (B, H).
 
-    ``w_ih`` / ``w_hh``: :class:`~mpokit.layers.lstm.LSTMWeightMPO` (``matmul``, ``rebuild_weight``);
+    ``w_ih`` / ``w_hh``: :class:`~mpokit.layers.lstm.LSTMWeightMPO` (``matmul``, ``rebuild_weight``, ``cores``);
     ``ih_path`` / ``hh_path``: "rebuild" or "contract". ``biases``: ``(b_ih, b_hh)`` or None.
-    The input projection of all steps is one call; the recurrence applies U per step.
+    The input projection of all steps is one call (autograd as usual); the recurrence is
+    :class:`LSTMRecurrence` (hand-written backward through time).
     With ``lengths``, sequence b only runs its first ``lengths[b]`` steps (state frozen after).
     """
     steps, batch, _ = x.shape
@@ -65,30 +66,125 @@ def lstm_direction(x, state, w_ih, w_hh, biases, *, reverse, lengths, ih_path, h
     gates_x = w_ih.matmul(x.reshape(steps * batch, -1), ih_path).reshape(steps, batch, -1)  # (T, B, 4H)
     if biases is not None:
         gates_x = gates_x + (biases[0] + biases[1])
-    u_t = w_hh.rebuild_weight().t() if hh_path == "rebuild" else None  # (H, 4H)
     mask = None
     if lengths is not None:
         mask = (torch.arange(steps).unsqueeze(1) < lengths.unsqueeze(0)).to(x.device).unsqueeze(-1)  # (T, B, 1)
-    h, c = state
-    outs = []
-    per_step = gates_x.unbind(0)  # one backward node for all steps (indexing would add T full-size zeros)
-    for t in range(steps):
-        if u_t is not None:
-            gates = torch.addmm(per_step[t], h, u_t)  # (B, 4H)
-        else:
-            gates = per_step[t] + w_hh.matmul(h, "contract")
-        i, f, g, o = gates.chunk(GATES, 1)
-        c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        h_new = torch.sigmoid(o) * torch.tanh(c_new)
-        if mask is not None:
-            m = mask[t]
-            h = torch.where(m, h_new, h)
-            c = torch.where(m, c_new, c)
-            outs.append(h_new * m)
-        else:
-            h, c = h_new, c_new
-            outs.append(h)
-    out = torch.stack(outs)  # (T, B, H)
+    u_tensors = (w_hh.rebuild_weight(),) if hh_path == "rebuild" else tuple(w_hh.cores)
+    out, h_n, c_n = LSTMRecurrence.apply(hh_path, mask, gates_x, state[0], state[1], *u_tensors)
     if reverse:
         out = out.flip(0) if rev is None else out.gather(0, rev.unsqueeze(-1).expand_as(out))
-    return out, h, c
+    return out, h_n, c_n
+
+
+def _apply_u(path: str, u_tensors, h: torch.Tensor) -> torch.Tensor:
+    """h (B, H) -> h U^T (B, 4H); U given dense (4H, H) or as cores."""
+    if path == "rebuild":
+        return h @ u_tensors[0].t()
+    return mpo_apply(h, u_tensors)
+
+
+def _apply_u_transposed(path: str, u_tensors, g: torch.Tensor) -> torch.Tensor:
+    """g (B, 4H) -> g U (B, H). The MPO of U^T has every core's (i, j) swapped."""
+    if path == "rebuild":
+        return g @ u_tensors[0]
+    return mpo_apply(g, [c.transpose(1, 2) for c in u_tensors])
+
+
+class LSTMRecurrence(torch.autograd.Function):
+    """The LSTM recurrence over precomputed input gates, U applied per step, with BPTT written by hand.
+
+    ``apply(hh_path, mask, gates_x, h0, c0, *u_tensors) -> (out, h_n, c_n)``:
+
+    * gates_x ``(T, B, 4H)``: ``x W^T + b_ih + b_hh`` for every step (gate order i, f, g, o);
+    * h0, c0 ``(B, H)``; mask ``(T, B, 1)`` bool (step t runs for sequence b) or None;
+    * ``u_tensors``: ``(U,)`` with U ``(4H, H)`` for ``hh_path="rebuild"``, or U's cores
+      ``(d_{k-1}, i_k, j_k, d_k)`` for ``"contract"`` (``mpo_apply`` per step).
+
+    Forward runs without building an autograd graph per step; backward runs the
+    recurrence backwards (one ``g U`` per step) and then forms U's gradient in ONE
+    batched call over all steps: ``dU = dG^T H_prev`` (rebuild) or the vector-Jacobian
+    product of ``mpo_apply(H_prev, cores)`` (contract).
+    """
+
+    @staticmethod
+    def forward(ctx, hh_path, mask, gates_x, h0, c0, *u_tensors):
+        steps, batch, four_h = gates_x.shape
+        hidden = four_h // 4
+        g_slice = slice(2 * hidden, 3 * hidden)
+        acts = gates_x.new_empty(steps, batch, four_h)  # post-activation gates
+        cs = gates_x.new_empty(steps + 1, batch, hidden)  # c_{t} carried (cs[0] = c0)
+        hs = gates_x.new_empty(steps + 1, batch, hidden)  # h_{t} carried (hs[0] = h0)
+        tanh_cs = gates_x.new_empty(steps, batch, hidden)  # tanh(c_new)
+        cs[0], hs[0] = c0, h0
+        out = gates_x.new_empty(steps, batch, hidden) if mask is not None else None
+        for t in range(steps):
+            a = acts[t]
+            pre = _apply_u(hh_path, u_tensors, hs[t]).add_(gates_x[t])  # (B, 4H)
+            torch.sigmoid(pre, out=a)
+            torch.tanh(pre[:, g_slice], out=a[:, g_slice])
+            i, f, g, o = a.chunk(4, 1)
+            if mask is None:
+                torch.addcmul(f * cs[t], i, g, out=cs[t + 1])
+                torch.tanh(cs[t + 1], out=tanh_cs[t])
+                torch.mul(o, tanh_cs[t], out=hs[t + 1])
+            else:
+                m = mask[t]
+                c_new = torch.addcmul(f * cs[t], i, g)
+                torch.tanh(c_new, out=tanh_cs[t])
+                h_new = o * tanh_cs[t]
+                torch.where(m, c_new, cs[t], out=cs[t + 1])
+                torch.where(m, h_new, hs[t], out=hs[t + 1])
+                torch.mul(h_new, m, out=out[t])
+        ctx.hh_path = hh_path
+        ctx.save_for_backward(acts, cs, hs, tanh_cs, mask, *u_tensors)
+        if out is None:
+            out = hs[1:].clone()
+        return out, hs[steps].clone(), cs[steps].clone()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, d_out, d_hn, d_cn):
+        acts, cs, hs, tanh_cs, mask, *u_tensors = ctx.saved_tensors
+        path = ctx.hh_path
+        steps, batch, four_h = acts.shape
+        hidden = four_h // 4
+        i_all, f_all, g_all, o_all = acts.chunk(4, 2)  # (T, B, H) views
+        deriv = acts * (1 - acts)  # d sigmoid, then d tanh for the g block
+        deriv[..., 2 * hidden : 3 * hidden] = 1 - g_all * g_all
+        k_all = o_all * (1 - tanh_cs * tanh_cs)  # d c / d h through h = o tanh(c)
+        z_all = torch.stack((g_all, cs[:-1], i_all), dim=2)  # (T, B, 3, H): factors of di, df, dg
+        d_gates = acts.new_empty(steps, batch, four_h)  # becomes dL/d(pre-activation gates)
+        dh_carry = d_hn if d_hn is not None else acts.new_zeros(batch, hidden)
+        dc_carry = d_cn if d_cn is not None else acts.new_zeros(batch, hidden)
+        mask_f = mask.to(acts.dtype) if mask is not None else None
+        for t in range(steps - 1, -1, -1):
+            da = d_gates[t]
+            dh = dh_carry if d_out is None else dh_carry + d_out[t]
+            if mask_f is not None:
+                m = mask_f[t]
+                dh = dh * m
+                dc = torch.addcmul(dc_carry * m, dh, k_all[t])
+                keep_h, keep_c = dh_carry * (1 - m), dc_carry * (1 - m)
+            else:
+                dc = torch.addcmul(dc_carry, dh, k_all[t])
+            torch.mul(dh, tanh_cs[t], out=da[:, 3 * hidden :])  # d o
+            torch.mul(dc.unsqueeze(1), z_all[t], out=da[:, : 3 * hidden].view(batch, 3, hidden))  # d i, d f, d g
+            da.mul_(deriv[t])
+            dc_carry = dc * f_all[t]
+            dh_carry = _apply_u_transposed(path, u_tensors, da)
+            if mask_f is not None:
+                dh_carry = dh_carry + keep_h
+                dc_carry = dc_carry + keep_c
+        grads_u = [None] * len(u_tensors)
+        if any(ctx.needs_input_grad[5:]):
+            flat_g = d_gates.reshape(steps * batch, four_h)
+            flat_h = hs[:-1].reshape(steps * batch, hidden)
+            if path == "rebuild":
+                grads_u = [flat_g.t() @ flat_h]  # (4H, H)
+            else:
+                with torch.enable_grad():
+                    cores = [c.detach().requires_grad_(True) for c in u_tensors]
+                    y = mpo_apply(flat_h, cores)
+                    grads_u = list(torch.autograd.grad(y, cores, flat_g))
+        d_gates_x = d_gates if ctx.needs_input_grad[2] else None
+        return None, None, d_gates_x, dh_carry, dc_carry, *grads_u
