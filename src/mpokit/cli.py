@@ -21,6 +21,7 @@ COMMANDS: list[str] = [
     "decompose",
     "finetune",
     "lstm",
+    "squeeze",
 ]
 
 
