@@ -121,6 +121,14 @@ def apply_structure(model: nn.Module, manifest: list[dict]) -> None:
                 f"the checkpoint has an MPO layer {name!r} but the model built from config.json has no such module; "
                 "config.json and mpo_config.json do not belong together"
             ) from None
+        if entry["class"] != "MPOTiedLinear":
+            w = getattr(old, "weight", None)
+            dense_shape = None if w is None else tuple(w.shape[::-1] if type(old).__name__ == "Conv1D" else w.shape)
+            if dense_shape != tuple(entry["shape"]):
+                raise CheckpointError(
+                    f"the checkpoint's MPO layer {name!r} has shape {tuple(entry['shape'])}, but config.json builds "
+                    f"{type(old).__name__} with shape {dense_shape}; the weights do not match the config"
+                )
         ref = next(old.parameters(), None)
         device = ref.device if ref is not None else None
         dtype = ref.dtype if ref is not None else None

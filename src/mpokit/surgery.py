@@ -230,11 +230,12 @@ class CompressionReport:
         }
 
     def table(self) -> str:
-        head = f"{'module':<52} {'kind':<9} {'shape':>12} {'out modes':>16} {'in modes':>16} {'bonds':>20} {'before':>10} {'after':>10} {'rel.err<=':>9}"
+        w = max([len("module")] + [len(r.name) for r in self.modules])
+        head = f"{'module':<{w}} {'kind':<9} {'shape':>12} {'out modes':>16} {'in modes':>16} {'bonds':>20} {'before':>10} {'after':>10} {'rel.err<=':>9}"
         lines = [head, "-" * len(head)]
         for r in self.modules:
             lines.append(
-                f"{r.name[-52:]:<52} {r.kind:<9} {'x'.join(map(str, r.shape)):>12} {str(r.out_modes):>16} "
+                f"{r.name:<{w}} {r.kind:<9} {'x'.join(map(str, r.shape)):>12} {str(r.out_modes):>16} "
                 f"{str(r.in_modes):>16} {str(r.bond_dims):>20} {r.params_before:>10,} {r.params_after:>10,} "
                 f"{r.rel_error_bound:>9.2e}"
             )
