@@ -15,8 +15,9 @@ times in runs.csv):
 * ``smoke``: 2,000 sentences, hidden 256, 2 epochs, rates 10 and 100, seed 0 (about a minute);
 * ``small``: 4,000 train sentences (full validation / test), 3 epochs, rates 10/50/100, 3 seeds
   (21 runs; about 30 s per epoch on a shared, loaded 2-core sandbox, ~35 min in all);
-* ``full``: all sentences, 10 epochs, the paper's eight rates, 5 seeds (51 runs x 10 epochs x
-  ~10 s = ~1.5 h on one CPU thread; minutes on a GPU).
+* ``full``: all sentences, 10 epochs, the paper's eight rates, 5 seeds (85 runs x 10 epochs; an
+  epoch over the 10,168 sentences took 67-81 s on one thread of the loaded sandbox, so ~17 h
+  there, a few hours on an idle core, minutes on a GPU).
 """
 
 from __future__ import annotations

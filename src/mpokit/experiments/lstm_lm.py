@@ -19,7 +19,8 @@ machine is idle, ~1,100 when it is shared):
   10/50/100, 3 seeds (21 runs, ~85 s each on a shared, loaded 2-core sandbox: ~30 min). Far too
   little training for literature perplexities (~100): it compares methods at one tiny budget;
 * ``full``: all 929k training tokens, 15 epochs, full valid/test, the paper's eight rates, 3 seeds
-  (~4 min per epoch on one CPU thread, so ~35 days of CPU for the grid: GPU only).
+  (51 runs x 15 epochs; an epoch is ~4 min on one idle CPU thread and ~14 min on the loaded
+  sandbox, so 2-7 days of CPU: run it on a GPU).
 """
 
 from __future__ import annotations
