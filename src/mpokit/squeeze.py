@@ -266,11 +266,16 @@ def find_mpo_modules(model: nn.Module, targets: Sequence[str] | None = None) -> 
     return {t: found[t] for t in targets}
 
 
-def spectra_of(modules: Mapping[str, MPOModule]) -> list[MatrixSpectrum]:
-    """Re-gauge every module's current cores and return their exact spectra (no grad)."""
+def spectra_of(modules: Mapping[str, MPOModule], mpos: dict | None = None) -> list[MatrixSpectrum]:
+    """Re-gauge every module's current cores and return their exact spectra (no grad).
+
+    When ``mpos`` (a dict) is given, the re-gauged :class:`MPO` of each module is stored in it.
+    """
     out = []
     for name, m in modules.items():
         mpo = m.mpo()
+        if mpos is not None:
+            mpos[name] = mpo
         out.append(MatrixSpectrum(name, mpo.out_modes, mpo.in_modes, mpo.bond_dims, tuple(s.detach().cpu() for s in mpo.singular_values), mpo.reference_norm))
     return out
 
@@ -727,7 +732,8 @@ def squeeze(
         if step >= max_steps:
             stop_reason = "max_steps"
             break
-        cuts = select_cuts(spectra_of(modules), step_size, matrices_per_step, score)
+        regauged: dict = {}
+        cuts = select_cuts(spectra_of(modules, regauged), step_size, matrices_per_step, score)
         if not cuts:
             stop_reason = "exhausted"
             break
@@ -736,8 +742,12 @@ def squeeze(
             snapshot = ({k: v.detach().clone() for k, v in model.state_dict().items()}, {n: m.error_bound for n, m in modules.items()}, torch.get_rng_state())
         step_bound, applied = 0.0, []
         for cut in cuts:  # cheapest first; with a budget, stop as soon as it is met
-            layer = modules[cut.name]
-            got = layer.truncate_(max_bond=list(cut.new_dims))
+            layer, current = modules[cut.name], regauged[cut.name]
+            # = layer.truncate_(max_bond=...), reusing the MPO just re-gauged instead of re-gauging again
+            truncated = current.truncate(max_bond=list(cut.new_dims))
+            layer.load_mpo_(truncated)
+            got = float(truncated.error_bound - current.error_bound)
+            layer.error_bound += got
             assert layer.bond_dims == cut.new_dims, (layer.bond_dims, cut.new_dims)
             step_bound = math.sqrt(step_bound**2 + got**2)
             applied.append(cut)
