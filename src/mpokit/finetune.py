@@ -371,6 +371,7 @@ class FinetuneConfig:
     max_steps_per_epoch: int | None = None
     resume: bool = False
     save_best: bool = True
+    save_last: bool = True
     cpu: bool = False
     num_threads: int | None = None
     progress: bool = True
@@ -583,7 +584,7 @@ def finetune(config: FinetuneConfig | None = None, **overrides) -> dict[str, Any
             if config.save_best and accelerator.is_main_process:
                 _save_model(accelerator.unwrap_model(model), out / "best", tokenizer)
         accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
+        if config.save_last and accelerator.is_main_process:
             _save_training_state(out / "last", accelerator.unwrap_model(model), optimizer, scheduler,
                                  {"epoch": epoch, "best": best, "history": history, "config": asdict(config)})
         accelerator.wait_for_everyone()

@@ -44,6 +44,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--lora-rank", type=int, default=8)
     p.add_argument("--max-steps-per-epoch", type=int, default=None)
     p.add_argument("--resume", action="store_true", help="continue from --out/last if it exists")
+    p.add_argument("--no-checkpoints", action="store_true",
+                   help="write only the reports (no best/ model, no last/ resume state)")
     p.add_argument("--cpu", action="store_true", help="force CPU even when a GPU is present")
     p.add_argument("--threads", type=int, default=None, help="torch threads per process")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -59,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
         mpo_lr=args.mpo_lr, weight_decay=args.weight_decay, batch_size=args.batch_size, max_length=args.max_length,
         train_size=args.train_size, validation_size=args.validation_size, test_size=args.test_size, seed=args.seed,
         split_seed=args.split_seed, param_ratio=args.param_ratio, max_bond=args.max_bond, lora_rank=args.lora_rank,
-        max_steps_per_epoch=args.max_steps_per_epoch, resume=args.resume, cpu=args.cpu, num_threads=args.threads,
+        max_steps_per_epoch=args.max_steps_per_epoch, resume=args.resume, cpu=args.cpu,
+        save_best=not args.no_checkpoints, save_last=not args.no_checkpoints, num_threads=args.threads,
         progress=not args.no_progress,
     )
     finetune(config)

@@ -71,7 +71,7 @@ def run_all(args) -> None:
         rank = args.lora_rank
     common = ["--epochs", str(args.epochs), "--train-size", str(args.train_size), "--max-length", str(args.max_length),
               "--validation-size", str(args.validation_size), "--batch-size", str(args.batch_size),
-              "--threads", str(args.threads), "--cpu", "--no-progress"]
+              "--threads", str(args.threads), "--cpu", "--no-progress", "--no-checkpoints"]
     for seed in args.seeds:
         for row in args.rows:
             run_dir = out / f"{row}_seed{seed}"
