@@ -8,6 +8,8 @@ Shapes: x ``(T, B, X)``, states ``(B, H)``, gates ``(B, 4H)``.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 
 from ..contract import mpo_apply
@@ -76,6 +78,26 @@ def lstm_direction(x, state, w_ih, w_hh, biases, *, reverse, lengths, ih_path, h
     return out, h_n, c_n
 
 
+@contextmanager
+def _flush_denormals(device: torch.device):
+    """Flush denormal floats to zero on CPU for the duration (restoring the previous mode).
+
+    Gradients through time decay geometrically and reach the denormal range on long
+    sequences, where CPU arithmetic is ~10x slower (oneDNN's fused LSTM flushes them too).
+    """
+    if device.type != "cpu":
+        yield
+        return
+    already = float(torch.tensor([1e-39]) * 1.0) == 0.0  # denormal input reads as zero: flushing is on
+    if not already:
+        torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        if not already:
+            torch.set_flush_denormal(False)
+
+
 def _apply_u(path: str, u_tensors, h: torch.Tensor) -> torch.Tensor:
     """h (B, H) -> h U^T (B, 4H); U given dense (4H, H) or as cores."""
     if path == "rebuild":
@@ -110,13 +132,24 @@ class LSTMRecurrence(torch.autograd.Function):
     def forward(ctx, hh_path, mask, gates_x, h0, c0, *u_tensors):
         steps, batch, four_h = gates_x.shape
         hidden = four_h // 4
-        g_slice = slice(2 * hidden, 3 * hidden)
         acts = gates_x.new_empty(steps, batch, four_h)  # post-activation gates
         cs = gates_x.new_empty(steps + 1, batch, hidden)  # c_{t} carried (cs[0] = c0)
         hs = gates_x.new_empty(steps + 1, batch, hidden)  # h_{t} carried (hs[0] = h0)
         tanh_cs = gates_x.new_empty(steps, batch, hidden)  # tanh(c_new)
         cs[0], hs[0] = c0, h0
         out = gates_x.new_empty(steps, batch, hidden) if mask is not None else None
+        with _flush_denormals(gates_x.device):
+            LSTMRecurrence._forward_loop(hh_path, mask, gates_x, u_tensors, acts, cs, hs, tanh_cs, out)
+        ctx.hh_path = hh_path
+        ctx.save_for_backward(acts, cs, hs, tanh_cs, mask, *u_tensors)
+        if out is None:
+            out = hs[1:].clone()
+        return out, hs[steps].clone(), cs[steps].clone()
+
+    @staticmethod
+    def _forward_loop(hh_path, mask, gates_x, u_tensors, acts, cs, hs, tanh_cs, out):
+        steps, hidden = gates_x.shape[0], gates_x.shape[2] // 4
+        g_slice = slice(2 * hidden, 3 * hidden)
         for t in range(steps):
             a = acts[t]
             pre = _apply_u(hh_path, u_tensors, hs[t]).add_(gates_x[t])  # (B, 4H)
@@ -135,15 +168,15 @@ class LSTMRecurrence(torch.autograd.Function):
                 torch.where(m, c_new, cs[t], out=cs[t + 1])
                 torch.where(m, h_new, hs[t], out=hs[t + 1])
                 torch.mul(h_new, m, out=out[t])
-        ctx.hh_path = hh_path
-        ctx.save_for_backward(acts, cs, hs, tanh_cs, mask, *u_tensors)
-        if out is None:
-            out = hs[1:].clone()
-        return out, hs[steps].clone(), cs[steps].clone()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, d_out, d_hn, d_cn):
+        with _flush_denormals(d_out.device if d_out is not None else ctx.saved_tensors[0].device):
+            return LSTMRecurrence._backward(ctx, d_out, d_hn, d_cn)
+
+    @staticmethod
+    def _backward(ctx, d_out, d_hn, d_cn):
         acts, cs, hs, tanh_cs, mask, *u_tensors = ctx.saved_tensors
         path = ctx.hh_path
         steps, batch, four_h = acts.shape
