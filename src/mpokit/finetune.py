@@ -561,6 +561,8 @@ def finetune(config: FinetuneConfig | None = None, **overrides) -> dict[str, Any
 
     subset_note = (f"subset: train {data['sizes']['train']} of {data['full_sizes']['train']} sentences, "
                    f"max_length {config.max_length}, {config.epochs} epoch(s)")
+    if "report" in info and config.progress:
+        accelerator.print(f"compressed in {info['compress_seconds']:.1f}s:\n{info['report'].table()}")
     accelerator.print(f"[{config.method}] #To {total_params:,}  #Ft {trainable_params:,}  ({subset_note})")
     wall0 = time.perf_counter()
     for epoch in range(start_epoch, config.epochs):
@@ -627,6 +629,8 @@ def finetune(config: FinetuneConfig | None = None, **overrides) -> dict[str, Any
 
         atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=str))
         atomic_write_text(out / "report.md", _markdown(report))
+        if config.progress:
+            accelerator.print("\n" + _markdown(report))
     accelerator.print(f"[{config.method}] test accuracy {test['accuracy']:.4f} (best epoch {best['epoch']}); "
                       f"report: {out / 'report.md'}")
     return report
