@@ -15,6 +15,15 @@ Two ways to compute ``y``:
   orders meet somewhere in between (the state then carries two open bonds).
   All ``2^(n-1)`` distinct orders are enumerated and the cheapest is used.
 
+Grouping. Sweeping over many small cores runs tiny, memory-bound matmuls.
+A *plan* therefore first merges runs of adjacent cores into bigger cores
+(token-independent cost, like a partial rebuild), then sweeps over the merged
+cores. Merging everything into one core *is* the rebuild path; no merging is
+the plain core-by-core sweep. All ``2^(n-1)`` groupings times all orders over
+the groups are enumerated (81 plans for n = 5), and plans are ranked by an
+estimated time ``flops + ALPHA * elements_moved`` (CPU matmuls with small
+inner dimensions are limited by memory traffic, not FLOPs).
+
 FLOPs are counted as ``2 * multiply-adds`` (the convention of
 ``torch.utils.flop_counter``). Memory is counted in tensor elements.
 """
@@ -33,6 +42,12 @@ from .mpo import rebuild_matrix
 
 __all__ = [
     "ContractionPlan",
+    "ApplyPlan",
+    "plan_apply",
+    "merge_cores",
+    "rebuild",
+    "merge_groups",
+    "sweep",
     "plan_contraction",
     "contraction_flops",
     "rebuild_flops",
@@ -57,12 +72,15 @@ class ContractionPlan:
         flops: ``2 * multiply-adds`` of all steps.
         peak_elements: largest ``input + output`` of a single step (inference peak, excluding ``x``'s owner).
         saved_elements: sum of the step inputs after the first, i.e. the intermediates autograd keeps for backward.
+        moved_elements: elements read and written, counting one extra write+read per step for the
+            permutation copy an einsum step makes.
     """
 
     order: str
     flops: int
     peak_elements: int
     saved_elements: int
+    moved_elements: int = 0
 
 
 def _dims(bond_dims: Sequence[int]) -> tuple[int, ...]:
@@ -83,7 +101,7 @@ def order_cost(
     dims = _dims(bond_dims)
     a = b = 0
     size = tokens * math.prod(in_modes)  # x
-    flops = peak = saved = 0
+    flops = peak = saved = moved = 0
     for step, side in enumerate(order):
         k = a if side == "L" else n - 1 - b
         last = step == n - 1
@@ -99,6 +117,7 @@ def order_cost(
             out_size = size // contracted * i * (1 if last else dims[k])
         flops += 2 * out_size * contracted
         peak = max(peak, size + out_size)
+        moved += size + 2 * out_size
         if step > 0:
             saved += size
         size = out_size
@@ -106,7 +125,7 @@ def order_cost(
             a += 1
         else:
             b += 1
-    return ContractionPlan(order, flops, peak, saved)
+    return ContractionPlan(order, flops, peak, saved, moved)
 
 
 def _orders(n: int) -> list[str]:
@@ -114,44 +133,158 @@ def _orders(n: int) -> list[str]:
     return ["".join(p) + "L" for p in itertools.product("LR", repeat=n - 1)] if n > 1 else ["L"]
 
 
+def _groupings(n: int) -> list[tuple[tuple[int, int], ...]]:
+    """All splits of cores ``0..n-1`` into runs ``[start, stop)``: ``2^(n-1)`` of them."""
+    out = []
+    for cuts in itertools.product((False, True), repeat=n - 1):
+        groups, start = [], 0
+        for k, cut in enumerate(cuts):
+            if cut:
+                groups.append((start, k + 1))
+                start = k + 1
+        groups.append((start, n))
+        out.append(tuple(groups))
+    return out
+
+
+ALPHA = 64
+"""FLOP-equivalents charged per tensor element read or written (CPU: a dense matmul
+runs at ~100 GFLOP/s per core while memory moves ~2 G elements/s)."""
+
+
+@dataclass(frozen=True)
+class ApplyPlan:
+    """How to compute ``x W^T``: merge each group of adjacent cores, then sweep ``order`` over the merged cores.
+
+    One group means rebuilding ``W`` and one matmul (``path == "rebuild"``).
+
+    Attributes:
+        groups: runs of core indices ``[start, stop)``.
+        order: ``"L"``/``"R"`` string over the groups.
+        merge_flops: FLOPs of merging the groups (token-independent; zero when cached).
+        sweep_flops: FLOPs of applying the merged cores to ``x``.
+        merge_elements: elements of all merge intermediates (kept for backward when training).
+        sweep: the sweep's :class:`ContractionPlan` (peak, saved and moved elements).
+    """
+
+    groups: tuple[tuple[int, int], ...]
+    order: str
+    merge_flops: int
+    sweep_flops: int
+    merge_elements: int
+    sweep: ContractionPlan
+
+    @property
+    def path(self) -> str:
+        return "rebuild" if len(self.groups) == 1 else "contract"
+
+    @property
+    def flops(self) -> int:
+        return self.merge_flops + self.sweep_flops
+
+    def estimated_cost(self, merged_cached: bool = False) -> float:
+        """``flops + ALPHA * elements moved``; merging is free when ``merged_cached``."""
+        merge = 0 if merged_cached else self.merge_flops + ALPHA * 2 * self.merge_elements
+        moved = self.sweep.moved_elements
+        if self.path == "rebuild":  # F.linear: reads x and W, writes y; no permutation copies
+            moved = self.sweep.peak_elements + self.merge_elements
+        return merge + self.sweep_flops + ALPHA * moved
+
+
+def _merge_cost(out_modes, in_modes, dims, start: int, stop: int) -> tuple[int, int]:
+    """(FLOPs, intermediate elements) of merging cores ``start..stop-1`` left to right.
+
+    Step k: ``(d_s, I_<k, J_<k, d_k) x (d_k, i_k, j_k, d_{k+1}) -> (d_s, I_<=k, J_<=k, d_{k+1})``, summing ``d_k``.
+    """
+    flops = elements = 0
+    rows, cols = out_modes[start], in_modes[start]
+    for k in range(start + 1, stop):
+        rows, cols = rows * out_modes[k], cols * in_modes[k]
+        out = dims[start] * rows * cols * dims[k + 1]
+        flops += 2 * out * dims[k]
+        elements += out
+    return flops, elements
+
+
 @lru_cache(maxsize=4096)
-def _plan_cached(out_modes: tuple, in_modes: tuple, bond_dims: tuple, tokens: int, objective: str) -> ContractionPlan:
-    plans = [order_cost(out_modes, in_modes, bond_dims, tokens, o) for o in _orders(len(out_modes))]
-    if objective == "memory":
-        return min(plans, key=lambda p: (p.saved_elements, p.flops))
-    return min(plans, key=lambda p: (p.flops, p.peak_elements, p.order))
+def _all_plans(out_modes: tuple, in_modes: tuple, bond_dims: tuple, tokens: int) -> tuple[ApplyPlan, ...]:
+    n = len(out_modes)
+    dims = _dims(bond_dims)
+    plans = []
+    for groups in _groupings(n):
+        merge_flops = merge_elements = 0
+        for start, stop in groups:
+            f, e = _merge_cost(out_modes, in_modes, dims, start, stop)
+            merge_flops, merge_elements = merge_flops + f, merge_elements + e
+        g_out = tuple(math.prod(out_modes[a:b]) for a, b in groups)
+        g_in = tuple(math.prod(in_modes[a:b]) for a, b in groups)
+        g_bonds = tuple(dims[b] for _, b in groups[:-1])
+        for order in _orders(len(groups)):
+            sweep = order_cost(g_out, g_in, g_bonds, tokens, order)
+            plans.append(ApplyPlan(groups, order, merge_flops, sweep.flops, merge_elements, sweep))
+    return tuple(plans)
+
+
+def _fits_memory(plan: ApplyPlan, rebuild: ApplyPlan, training: bool, slack: float) -> bool:
+    if plan.path == "rebuild":
+        return True
+    if training:  # what autograd keeps: merge intermediates + sweep intermediates
+        return plan.merge_elements + plan.sweep.saved_elements <= slack * (rebuild.merge_elements + rebuild.sweep.saved_elements)
+    return plan.merge_elements + plan.sweep.peak_elements <= slack * (rebuild.merge_elements + rebuild.sweep.peak_elements)
+
+
+def plan_apply(
+    out_modes: Sequence[int],
+    in_modes: Sequence[int],
+    bond_dims: Sequence[int],
+    tokens: int,
+    *,
+    merged_cached: bool = False,
+    training: bool = False,
+    contract_only: bool = False,
+    memory_slack: float = 1.25,
+) -> ApplyPlan:
+    """The plan with the lowest estimated cost.
+
+    Args:
+        merged_cached: merged cores / the rebuilt weight are cached (inference), so merging is free.
+        training: memory is what autograd saves; otherwise the peak of one step.
+        contract_only: exclude the single-group (rebuild) plan.
+        memory_slack: contraction plans may use at most this times the rebuild plan's memory.
+    """
+    plans = _all_plans(tuple(out_modes), tuple(in_modes), tuple(bond_dims), int(tokens))
+    rebuild = next(p for p in plans if len(p.groups) == 1)
+    candidates = [p for p in plans if not (contract_only and p.path == "rebuild" and len(out_modes) > 1)]
+    fitting = [p for p in candidates if _fits_memory(p, rebuild, training, memory_slack)] or candidates
+    return min(fitting, key=lambda p: (p.estimated_cost(merged_cached), p.flops, p.groups, p.order))
 
 
 def plan_contraction(
-    out_modes: Sequence[int], in_modes: Sequence[int], bond_dims: Sequence[int], tokens: int, objective: str = "flops"
+    out_modes: Sequence[int], in_modes: Sequence[int], bond_dims: Sequence[int], tokens: int
 ) -> ContractionPlan:
-    """The cheapest order (by FLOPs, ties by peak memory; or by saved memory with ``objective="memory"``)."""
-    return _plan_cached(tuple(out_modes), tuple(in_modes), tuple(bond_dims), int(tokens), objective)
+    """The core-by-core sweep (no merging) with the fewest FLOPs, ties broken by peak memory."""
+    return _sweep_cached(tuple(out_modes), tuple(in_modes), tuple(bond_dims), int(tokens))
+
+
+@lru_cache(maxsize=4096)
+def _sweep_cached(out_modes, in_modes, bond_dims, tokens) -> ContractionPlan:
+    plans = [order_cost(out_modes, in_modes, bond_dims, tokens, o) for o in _orders(len(out_modes))]
+    return min(plans, key=lambda p: (p.flops, p.peak_elements, p.order))
 
 
 def contraction_flops(out_modes: Sequence[int], in_modes: Sequence[int], bond_dims: Sequence[int], tokens: int) -> int:
-    """FLOPs of the cheapest contraction of ``x (tokens, J)`` with the cores."""
-    return plan_contraction(out_modes, in_modes, bond_dims, tokens).flops
+    """FLOPs (merging included) of the contraction :func:`mpo_apply` runs by default for ``tokens`` rows."""
+    return plan_apply(out_modes, in_modes, bond_dims, tokens, contract_only=True).flops
 
 
 def rebuild_flops(out_modes: Sequence[int], in_modes: Sequence[int], bond_dims: Sequence[int]) -> int:
     """FLOPs of :func:`mpokit.rebuild_matrix` (left to right: step k makes ``(I_<=k, J_<=k, d_k)`` summing ``d_{k-1}``)."""
-    dims = _dims(bond_dims)
-    flops, rows, cols = 0, out_modes[0], in_modes[0]
-    for k in range(1, len(out_modes)):
-        rows, cols = rows * out_modes[k], cols * in_modes[k]
-        flops += 2 * rows * cols * dims[k + 1] * dims[k]
-    return flops
+    return _merge_cost(out_modes, in_modes, _dims(bond_dims), 0, len(out_modes))[0]
 
 
 def rebuild_elements(out_modes: Sequence[int], in_modes: Sequence[int], bond_dims: Sequence[int]) -> int:
     """Elements of all intermediates of :func:`mpokit.rebuild_matrix`, including ``W``."""
-    dims = _dims(bond_dims)
-    total, rows, cols = 0, out_modes[0], in_modes[0]
-    for k in range(1, len(out_modes)):
-        rows, cols = rows * out_modes[k], cols * in_modes[k]
-        total += rows * cols * dims[k + 1]
-    return total
+    return _merge_cost(out_modes, in_modes, _dims(bond_dims), 0, len(out_modes))[1] or math.prod(out_modes) * math.prod(in_modes)
 
 
 def dense_flops(out_features: int, in_features: int, tokens: int) -> int:
@@ -165,34 +298,14 @@ def choose_path(
     bond_dims: Sequence[int],
     tokens: int,
     *,
-    out_features: int | None = None,
-    in_features: int | None = None,
     weight_cached: bool = False,
     training: bool = False,
     memory_slack: float = 1.25,
 ) -> str:
-    """``"rebuild"`` or ``"contract"``, whichever the cost model says is cheaper.
-
-    * rebuild costs ``rebuild_flops`` (zero when the weight is cached) plus the dense matmul;
-    * contract costs the cheapest order's FLOPs, and is only taken when it also
-      keeps memory within ``memory_slack`` times the rebuild path's: the
-      elements autograd saves when ``training`` (intermediates vs ``W`` and
-      the rebuild intermediates), the step peak otherwise.
-    """
-    out_f = out_features if out_features is not None else math.prod(out_modes)
-    in_f = in_features if in_features is not None else math.prod(in_modes)
-    plan = plan_contraction(out_modes, in_modes, bond_dims, tokens)
-    rebuild = dense_flops(out_f, in_f, tokens) + (0 if weight_cached else rebuild_flops(out_modes, in_modes, bond_dims))
-    if plan.flops >= rebuild:
-        return "rebuild"
-    x_elems, y_elems = tokens * in_f, tokens * out_f
-    if training:
-        rebuild_mem = rebuild_elements(out_modes, in_modes, bond_dims) + y_elems
-        contract_mem = plan.saved_elements + y_elems
-    else:
-        rebuild_mem = out_f * in_f + x_elems + y_elems
-        contract_mem = plan.peak_elements
-    return "contract" if contract_mem <= memory_slack * rebuild_mem else "rebuild"
+    """``"rebuild"`` or ``"contract"``: the path of :func:`plan_apply`'s best plan."""
+    return plan_apply(
+        out_modes, in_modes, bond_dims, tokens, merged_cached=weight_cached, training=training, memory_slack=memory_slack
+    ).path
 
 
 # ---------------------------------------------------------------------------
@@ -200,29 +313,53 @@ def choose_path(
 # ---------------------------------------------------------------------------
 
 
-def mpo_apply(x: torch.Tensor, cores: Sequence[torch.Tensor], order: str | None = None) -> torch.Tensor:
-    """``y = x W^T`` without forming ``W``: x ``(..., J_padded)`` -> y ``(..., I_padded)``.
+def merge_cores(cores: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Contract adjacent cores into one: ``(d_s, i, j, d) ... -> (d_s, prod i, prod j, d_e)``, left to right.
 
-    ``order`` defaults to the cheapest (:func:`plan_contraction`) for this
-    token count. Differentiable with respect to ``x`` and the cores.
+    The accumulator stays in the interleaved layout ``(d_s, i_1, j_1, i_2, j_2, .., d_k)``, so every
+    step is one plain matmul ``(d_s i_1 j_1 .., d_k) @ (d_k, i_k j_k d_{k+1})`` with no copy; a single
+    permutation to ``(d_s, I, J, d_e)`` happens at the end (forward and backward).
     """
+    a = int(cores[0].shape[0])
     out_modes = [int(c.shape[1]) for c in cores]
     in_modes = [int(c.shape[2]) for c in cores]
-    J, I = math.prod(in_modes), math.prod(out_modes)
-    if x.shape[-1] != J:
-        raise ValueError(
-            f"the input's last dimension is {x.shape[-1]}, but the cores' in modes {tuple(in_modes)} multiply to {J}; "
-            f"pass x of shape (..., {J})"
-        )
-    lead = x.shape[:-1]
-    tokens = math.prod(lead)
+    acc = cores[0].reshape(-1, cores[0].shape[3])  # (d_s i_1 j_1, d_1)
+    for core in cores[1:]:
+        # (d_s i_1 j_1 .. , d_{k-1}) @ (d_{k-1}, i_k j_k d_k) -> (d_s i_1 j_1 .. i_k j_k, d_k)
+        acc = (acc @ core.reshape(core.shape[0], -1)).reshape(-1, core.shape[3])
     n = len(cores)
-    if order is None:
-        order = plan_contraction(out_modes, in_modes, [int(c.shape[3]) for c in cores[:-1]], tokens).order
+    d = int(cores[-1].shape[3])
+    if n == 1:
+        return cores[0]
+    # (d_s, i_1, j_1, .., i_n, j_n, d_e) -> (d_s, i_1..i_n, j_1..j_n, d_e)
+    t = acc.reshape(a, *[m for pair in zip(out_modes, in_modes) for m in pair], d)
+    perm = [0] + [1 + 2 * k for k in range(n)] + [2 + 2 * k for k in range(n)] + [2 * n + 1]
+    return t.permute(perm).reshape(a, math.prod(out_modes), math.prod(in_modes), d)
+
+
+def rebuild(cores: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The padded matrix ``W (I, J)`` from cores ``(d_{k-1}, i_k, j_k, d_k)``: :func:`merge_cores` of all of them.
+
+    Same values and FLOPs as :func:`mpokit.rebuild_matrix`, with one permutation copy instead of one per core.
+    """
+    full = merge_cores(cores)  # (1, I, J, 1)
+    return full.reshape(full.shape[1], full.shape[2])
+
+
+def merge_groups(cores: Sequence[torch.Tensor], groups: Sequence[tuple[int, int]]) -> list[torch.Tensor]:
+    """One merged core per group ``[start, stop)``."""
+    return [merge_cores(cores[a:b]) if b - a > 1 else cores[a] for a, b in groups]
+
+
+def sweep(x: torch.Tensor, cores: Sequence[torch.Tensor], order: str) -> torch.Tensor:
+    """Contract ``x (tokens, J)`` with ``cores`` one at a time in ``order``; returns ``(tokens, I)``."""
+    n = len(cores)
     if len(order) != n or set(order) - {"L", "R"}:
         raise ValueError(f"order must be {n} letters from 'L'/'R', got {order!r}; e.g. {'L' * n!r}")
     order = order[:-1] + "L"  # one core left: taking it from either end is the same contraction
-    # state: (B, P, L, Jmid, R, S) with P = prod of done left out modes, S = done right out modes
+    in_modes = [int(c.shape[2]) for c in cores]
+    tokens, J = x.shape
+    # state: (B, P, L, Jmid, R, S) with P = done left out modes, S = done right out modes, L/R open bonds
     state = x.reshape(tokens, 1, 1, J, 1, 1)
     a = b = 0
     mid = list(in_modes)
@@ -243,8 +380,7 @@ def mpo_apply(x: torch.Tensor, cores: Sequence[torch.Tensor], order: str | None 
             mid.pop(0)
             a += 1
         else:
-            k = n - 1 - b
-            core = cores[k]  # (d_k, i_k, j_k, d_{k+1} = R)
+            core = cores[n - 1 - b]  # (d_k, i_k, j_k, d_{k+1} = R)
             j, i, q = mid[-1], core.shape[1], core.shape[0]
             s = state.reshape(B, P, L, M // j, j, R, S)
             # (B,P,L,M',j,R,S) x (q,i,j,R) -> (B,P,L,M',q,i,S)
@@ -252,9 +388,45 @@ def mpo_apply(x: torch.Tensor, cores: Sequence[torch.Tensor], order: str | None 
             state = y.reshape(B, P, L, M // j, q, i * S)
             mid.pop()
             b += 1
-    return state.reshape(*lead, I)
+    return state.reshape(tokens, -1)
+
+
+def mpo_apply(
+    x: torch.Tensor,
+    cores: Sequence[torch.Tensor],
+    order: str | None = None,
+    groups: Sequence[tuple[int, int]] | None = None,
+) -> torch.Tensor:
+    """``y = x W^T`` without forming ``W``: x ``(..., J_padded)`` -> y ``(..., I_padded)``.
+
+    By default the cheapest contraction plan (:func:`plan_apply` with
+    ``contract_only=True``) for this token count: adjacent cores may be merged
+    first, ``W`` itself is never formed (for n > 1). ``groups`` and ``order``
+    pin a plan (``order`` alone means no merging). Differentiable in ``x`` and the cores.
+    """
+    out_modes = [int(c.shape[1]) for c in cores]
+    in_modes = [int(c.shape[2]) for c in cores]
+    J = math.prod(in_modes)
+    if x.shape[-1] != J:
+        raise ValueError(
+            f"the input's last dimension is {x.shape[-1]}, but the cores' in modes {tuple(in_modes)} multiply to {J}; "
+            f"pass x of shape (..., {J})"
+        )
+    lead = x.shape[:-1]
+    tokens = math.prod(lead)
+    n = len(cores)
+    if groups is None:
+        if order is None:
+            plan = plan_apply(out_modes, in_modes, [int(c.shape[3]) for c in cores[:-1]], tokens, contract_only=True)
+            groups, order = plan.groups, plan.order
+        else:
+            groups = tuple((k, k + 1) for k in range(n))
+    elif order is None:
+        order = "L" * len(groups)
+    merged = merge_groups(cores, groups)
+    return sweep(x.reshape(tokens, J), merged, order).reshape(*lead, -1)
 
 
 def apply_rebuild(x: torch.Tensor, cores: Sequence[torch.Tensor]) -> torch.Tensor:
     """``x W^T`` by rebuilding ``W (I_padded, J_padded)`` first; x ``(..., J_padded)`` -> ``(..., I_padded)``."""
-    return torch.nn.functional.linear(x, rebuild_matrix(cores))
+    return torch.nn.functional.linear(x, rebuild(cores))

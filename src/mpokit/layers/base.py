@@ -36,7 +36,8 @@ import torch
 from torch import nn
 
 from .. import shapes
-from ..mpo import GAUGES, MPO, rebuild_matrix
+from ..contract import rebuild
+from ..mpo import GAUGES, MPO
 
 __all__ = ["MPOModule", "random_cores"]
 
@@ -96,7 +97,7 @@ class MPOModule(nn.Module):
         self.gauge = gauge
         self.error_bound = 0.0  # accumulated bound on ||W_original - W||_F from decomposition and truncations
         self.cores = nn.ParameterList([nn.Parameter(c.clone().contiguous()) for c in cores])
-        self._weight_cache: tuple[tuple, torch.Tensor] | None = None
+        self._cache: dict[str, tuple[tuple, object]] = {}
 
     # -- structure -------------------------------------------------------------
 
@@ -194,7 +195,7 @@ class MPOModule(nn.Module):
             p.requires_grad_(central_grad if k == c else aux_grad)
             new.append(p)
         self.cores = nn.ParameterList(new)
-        self._weight_cache = None
+        self._cache = {}
 
     # -- the matrix ----------------------------------------------------------------
 
@@ -206,32 +207,39 @@ class MPOModule(nn.Module):
             return False
         return not (torch.is_grad_enabled() and any(p.requires_grad for p in self.cores))
 
+    def cached(self, name: str, compute):
+        """``compute()`` (a function of the cores), cached under ``name`` while no graph to the cores is needed.
+
+        The value is computed under no-grad with autocast off (so it has the
+        cores' dtype) and recomputed whenever any core changes.
+        """
+        if not self._cache_allowed():
+            return compute()
+        key = self._cache_key()
+        hit = self._cache.get(name)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        with torch.no_grad(), torch.autocast(device_type=self.cores[0].device.type, enabled=False):
+            value = compute()
+        self._cache[name] = (key, value)
+        return value
+
     def rebuild_weight(self) -> torch.Tensor:
         """``W`` of shape ``shape`` (padding sliced off), differentiable; cached when no graph is needed."""
-        if self._cache_allowed():
-            key = self._cache_key()
-            cached = self._weight_cache
-            if cached is not None and cached[0] == key:
-                return cached[1]
-            device_type = self.cores[0].device.type
-            with torch.no_grad(), torch.autocast(device_type=device_type, enabled=False):
-                weight = self._rebuild_uncached().contiguous()  # in the cores' dtype, never autocast's
-            self._weight_cache = (key, weight)
-            return weight
-        return self._rebuild_uncached()
+        return self.cached("weight", lambda: self._rebuild_uncached().contiguous())
 
     def _rebuild_uncached(self) -> torch.Tensor:
-        full = rebuild_matrix(list(self.cores))  # (I_padded, J_padded)
+        full = rebuild(list(self.cores))  # (I_padded, J_padded)
         rows, cols = self.shape
         if full.shape[0] != rows or full.shape[1] != cols:
             full = full[:rows, :cols]
         return full
 
-    def clear_weight_cache(self) -> None:
-        self._weight_cache = None
+    def clear_cache(self) -> None:
+        self._cache = {}
 
     def _apply(self, fn, *args, **kwargs):  # .to(), .half(), .cuda(): drop the cache
-        self._weight_cache = None
+        self._cache = {}
         return super()._apply(fn, *args, **kwargs)
 
     # -- state_dict with changed bonds --------------------------------------------
@@ -247,7 +255,7 @@ class MPOModule(nn.Module):
                 self.cores[k] = nn.Parameter(
                     torch.zeros(src.shape, dtype=p.dtype, device=p.device), requires_grad=p.requires_grad
                 )
-        self._weight_cache = None
+        self._cache = {}
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 
     # -- repr helpers ----------------------------------------------------------------

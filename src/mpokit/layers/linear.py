@@ -90,7 +90,7 @@ class MPOLinear(MPOModule):
         else:
             self.register_parameter("bias", None)
         self.path = path
-        self._path_cache: dict[tuple, tuple[str, str | None]] = {}
+        self._path_cache: dict[tuple, contract.ApplyPlan] = {}
 
     # -- conversion ---------------------------------------------------------------
 
@@ -151,28 +151,34 @@ class MPOLinear(MPOModule):
             raise ValueError(f"path must be one of {LINEAR_PATHS}, got {value!r}; e.g. layer.path = 'auto'")
         self._path = value
 
-    def _choose(self, tokens: int, grad_needed: bool) -> tuple[str, str | None]:
-        """(path, contraction order) for ``tokens`` rows; cached per (tokens, grad mode, cache state, bonds)."""
-        weight_cached = not grad_needed  # under no-grad the rebuilt weight is cached
-        key = (tokens, grad_needed, self.bond_dims)
+    def _grad_needed(self) -> bool:
+        return torch.is_grad_enabled() and any(p.requires_grad for p in self.cores)
+
+    def plan(self, tokens: int, grad_needed: bool | None = None) -> contract.ApplyPlan:
+        """The :class:`~mpokit.contract.ApplyPlan` a call with ``tokens`` rows runs (cached per setting).
+
+        Without grad the merged cores / rebuilt weight are cached, so merging is free;
+        with grad, memory is what autograd saves.
+        """
+        grad_needed = self._grad_needed() if grad_needed is None else grad_needed
+        key = (tokens, grad_needed, self._path, self.bond_dims)
         hit = self._path_cache.get(key)
         if hit is not None:
             return hit
-        out_modes, in_modes, bonds = self.out_modes, self.in_modes, self.bond_dims
-        path = contract.choose_path(
-            out_modes, in_modes, bonds, tokens, out_features=self.out_features, in_features=self.in_features,
-            weight_cached=weight_cached, training=grad_needed,
-        )
-        order = contract.plan_contraction(out_modes, in_modes, bonds, tokens).order if path == "contract" else None
-        self._path_cache[key] = (path, order)
-        return path, order
+        if self._path == "rebuild":
+            groups = ((0, self.n_cores),)
+            plan = next(p for p in contract._all_plans(self.out_modes, self.in_modes, self.bond_dims, tokens) if p.groups == groups)
+        else:
+            plan = contract.plan_apply(
+                self.out_modes, self.in_modes, self.bond_dims, tokens,
+                merged_cached=not grad_needed, training=grad_needed, contract_only=self._path == "contract",
+            )
+        self._path_cache[key] = plan
+        return plan
 
     def resolved_path(self, x_shape: Sequence[int]) -> str:
         """The path a call with an input of ``x_shape`` takes now (``"rebuild"`` or ``"contract"``)."""
-        if self._path != "auto":
-            return self._path
-        grad_needed = torch.is_grad_enabled() and any(p.requires_grad for p in self.cores)
-        return self._choose(math.prod(x_shape[:-1]), grad_needed)[0]
+        return self.plan(math.prod(x_shape[:-1])).path
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 0 or x.shape[-1] != self.in_features:
@@ -180,22 +186,22 @@ class MPOLinear(MPOModule):
                 f"MPOLinear expects input of shape (..., in_features={self.in_features}), got {tuple(x.shape)}; "
                 f"e.g. torch.randn(8, {self.in_features})"
             )
-        path, order = self._path, None
-        if path == "auto":
-            grad_needed = torch.is_grad_enabled() and any(p.requires_grad for p in self.cores)
-            path, order = self._choose(math.prod(x.shape[:-1]), grad_needed)
-        if path == "rebuild":
+        lead = x.shape[:-1]
+        plan = self.plan(math.prod(lead))
+        if plan.path == "rebuild":
             return F.linear(x, self.rebuild_weight(), self.bias)
-        # contract: x (..., in) -> padded (..., J_padded) -> (..., I_padded) -> (..., out)
+        # contract: x (..., in) -> (T, J_padded) -> merged-core sweep -> (T, I_padded) -> (..., out)
         J, I = self.padded_shape[1], self.padded_shape[0]
+        x2 = x.reshape(-1, self.in_features)
         if J != self.in_features:
-            x = F.pad(x, (0, J - self.in_features))
-        y = contract.mpo_apply(x, list(self.cores), order)
+            x2 = F.pad(x2, (0, J - self.in_features))
+        merged = self.cached(f"merged{plan.groups}", lambda: contract.merge_groups(list(self.cores), plan.groups))
+        y = contract.sweep(x2, merged, plan.order)  # (T, I_padded)
         if I != self.out_features:
-            y = y[..., : self.out_features]
+            y = y[:, : self.out_features]
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
-        return y
+        return y.reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:
         return (
