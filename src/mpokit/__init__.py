@@ -4,7 +4,8 @@ from .analysis import MatrixReport, decompose_model
 from .mpo import GAUGES, MPO, rebuild_matrix
 from .shapes import choose_modes, factorize, full_bond_dims
 from .layers.lstm import MPOLSTM
+from .layers import MPOEmbedding, MPOLinear, MPOModule
 
 __version__ = "0.1.0"
 
-__all__ = ["MPO", "GAUGES", "rebuild_matrix", "decompose_model", "MatrixReport", "factorize", "choose_modes", "full_bond_dims", "MPOLSTM", "__version__"]
+__all__ = ["MPO", "GAUGES", "rebuild_matrix", "decompose_model", "MatrixReport", "factorize", "choose_modes", "full_bond_dims", "MPOLSTM", "MPOLinear", "MPOEmbedding", "MPOModule", "__version__"]
