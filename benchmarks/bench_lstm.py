@@ -79,8 +79,10 @@ def bench_setting(hidden: int, rate: float, reps: int = 3, execution: str = "aut
         "fwd_ratio": mpo_fwd / ref_fwd,
         "model_chosen_vs_dense": cost[plan["execution"]] / cost["dense"],
         "model_fused_vs_dense": cost["fused"] / cost["dense"],
-        "model_contract_ih_vs_dense": cost["contract_ih"] / cost["dense_ih"],
-        "model_contract_hh_vs_dense": cost["contract_hh"] / cost["dense_hh"],
+        "model_contract_ih_vs_dense": cost["ih_contract"] / cost["dense_ih"],
+        "model_contract_hh_vs_dense": cost["hh_contract"] / cost["dense_hh"],
+        "flops_contract_ih_vs_dense": cost["contract_flops_ih"] / cost["dense_flops_ih"],
+        "flops_contract_hh_vs_dense": cost["contract_flops_hh"] / cost["dense_flops_hh"],
     }
 
 

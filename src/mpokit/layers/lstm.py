@@ -43,9 +43,9 @@ from .. import shapes
 from ..mpo import MPO
 from .base import MPOModule, random_cores
 from .lstm_plan import (
-    CONTRACT_STEP_OVERHEAD_FLOPS,
     GATES,
-    STEP_OVERHEAD_FLOPS,
+    STEP_OVERHEAD_PER_ELEMENT,
+    STEPWISE_MARGIN,
     bond_dim_for_rate,
     gate_modes,
     lstm_cost,
@@ -64,8 +64,7 @@ __all__ = [
     "lstm_cost",
     "rebuild_by_chain",
     "EXECUTIONS",
-    "STEP_OVERHEAD_FLOPS",
-    "CONTRACT_STEP_OVERHEAD_FLOPS",
+    "STEP_OVERHEAD_PER_ELEMENT",
 ]
 
 EXECUTIONS = ("auto", "fused", "stepwise")
@@ -540,7 +539,7 @@ class MPOLSTM(nn.Module):
             training = self.training and torch.is_grad_enabled()
             cost = lstm_cost(self, steps=steps, batch=batch, training=training)
             if self.execution == "auto":
-                execution = "fused" if cost["fused"] <= cost["stepwise"] else "stepwise"
+                execution = "stepwise" if cost["stepwise"] < STEPWISE_MARGIN * cost["fused"] else "fused"
             else:
                 execution = self.execution
             cached = {

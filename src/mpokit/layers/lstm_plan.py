@@ -25,8 +25,11 @@ __all__ = [
     "rebuild_by_chain",
     "rebuild_by_chain_flops",
     "lstm_cost",
-    "STEP_OVERHEAD_FLOPS",
-    "CONTRACT_STEP_OVERHEAD_FLOPS",
+    "STEP_OVERHEAD_PER_ELEMENT",
+    "CONTRACT_PENALTY_IH",
+    "CONTRACT_PENALTY_HH",
+    "STEPWISE_MARGIN",
+    "U_CACHE_ELEMENTS",
 ]
 
 GATES = 4  # i, f, g, o (nn.LSTM order)
@@ -159,57 +162,109 @@ def rebuild_by_chain(cores: Sequence[torch.Tensor]) -> torch.Tensor:
     return interleaved.permute(order).reshape(math.prod(out_modes), math.prod(in_modes))
 
 
-# Per time step and per (layer, direction), the stepwise loop issues ~10 small
-# tensor ops from Python (plus their backward); in FLOP-equivalents on a CPU
-# core (~120 GFLOP/s measured for the dense matmuls, ~140 us per step forward). Calibrated with
-# benchmarks/bench_lstm.py (stepwise with both paths "rebuild" vs fused).
-STEP_OVERHEAD_FLOPS = 1.5e7
-CONTRACT_STEP_OVERHEAD_FLOPS = 8e6  # extra per step when U is contracted (4 einsums + reshapes)
+# Calibration of the stepwise strategy against the fused kernel, from
+# timings with forced paths on the 2-core CPU sandbox
+# (hidden 256 and 1024, batch 32, 100 steps, forced paths; see BENCHMARKS.md):
+#
+# * the loop's extra cost per time step and (layer, direction), per element of the
+#   (batch, hidden) state: ~10 elementwise ops launched from Python instead of
+#   oneDNN's fused cell, forward and backward together (inference pays about the
+#   same, as oneDNN's inference kernel is even leaner). In the FLOP-equivalents of
+#   :func:`mpokit.contract.plan_apply` (~1e-11 s each on one core).
+STEP_OVERHEAD_PER_ELEMENT = 5000.0
+# * measured / estimated time of contraction sweeps (small inner dimensions,
+#   permutation copies; the backward of a sweep is slower than 2x its forward):
+#   for W over all tokens at once, and for U per step (batch rows), training / inference.
+CONTRACT_PENALTY_IH = {True: 1.5, False: 1.2}
+CONTRACT_PENALTY_HH = {True: 2.5, False: 1.2}
+# The stepwise strategy is taken only when the model predicts at least this saving.
+STEPWISE_MARGIN = 0.85
+# A dense U of at most this many elements stays in cache across time steps, so its
+# per-step products cost like one big matmul; a larger U is re-read from memory
+# every step (hidden 1024: 4M elements, 16 MB), which is where contraction pays.
+U_CACHE_ELEMENTS = 1 << 19
 
 
-def lstm_cost(lstm: "MPOLSTM", steps: int, batch: int, training: bool = True) -> dict:
-    """FLOP cost model of one call (2 * multiply-adds; see :mod:`mpokit.contract`).
+def _apply_cost(out_modes, in_modes, dims, tokens: int, path: str, cached: bool) -> float:
+    """Estimated cost (FLOPs + memory traffic) of ``x W^T`` for ``tokens`` rows via ``path``."""
+    from .. import contract
 
-    Per (layer, direction), with ``N = steps * batch`` tokens:
+    if path == "rebuild":
+        plans = contract._all_plans(tuple(out_modes), tuple(in_modes), tuple(dims), int(tokens))
+        plan = next(p for p in plans if len(p.groups) == 1)
+    else:
+        plan = contract.plan_apply(out_modes, in_modes, dims, tokens, contract_only=True, merged_cached=cached)
+    return float(plan.estimated_cost(merged_cached=cached))
 
-    * dense LSTM: ``x W^T`` over N tokens + ``h U^T`` over N tokens;
-    * ``fused``: the same plus rebuilding W and U (:func:`rebuild_by_chain`'s FLOPs);
-    * ``stepwise``: W either contracted with all N tokens at once or rebuilt + one
-      matmul; U either contracted per step (``steps`` x ``batch`` tokens) or
-      rebuilt + matmul; the cheaper of each, plus a per-step overhead for the
-      Python loop.
 
-    Training multiplies matmul and contraction FLOPs alike (backward ~ 2x forward), so
-    it does not change the comparison; it is accepted for the overhead terms.
-    Returns totals ``dense``, ``fused``, ``stepwise``, per-kind ``dense_ih``,
-    ``dense_hh``, ``contract_ih``, ``contract_hh``, ``rebuild_ih``, ``rebuild_hh``
-    and the chosen stepwise paths ``path_ih``, ``path_hh``.
+def lstm_cost(lstm, steps: int, batch: int, training: bool = True) -> dict:
+    """Estimated cost of one call of an :class:`~mpokit.layers.lstm.MPOLSTM`, per strategy.
+
+    Costs are :func:`mpokit.contract.plan_apply`'s estimates (FLOPs + ``ALPHA`` x
+    elements moved); FLOPs alone are reported too. Per (layer, direction), with
+    ``N = steps * batch`` tokens:
+
+    * ``dense`` (``nn.LSTM``): ``x W^T`` as one N-token matmul; ``h U^T`` likewise when U
+      fits in cache (``U_CACHE_ELEMENTS``), else ``steps`` matmuls of ``batch`` rows each
+      re-reading U;
+    * ``fused``: ``dense`` plus rebuilding W and U (:func:`rebuild_by_chain`; free when
+      not ``training``, as the rebuilt weights are then cached);
+    * ``stepwise``: W contracted with all N tokens at once, or rebuilt + one matmul;
+      U contracted per step (cores merged once per call, ``batch`` rows per step),
+      or rebuilt + matmuls; the cheaper of each, contraction estimates scaled by
+      the measured ``CONTRACT_PENALTY_*``, plus the loop's overhead
+      (``STEP_OVERHEAD_PER_ELEMENT`` x batch x hidden per step).
+
+    Training multiplies compute by 3 (backward ~ 2x forward). Returns totals
+    ``dense``, ``fused``, ``stepwise``; the chosen stepwise paths ``path_ih``,
+    ``path_hh``; and FLOP counts ``dense_flops_ih``, ``dense_flops_hh``,
+    ``contract_flops_ih`` (N tokens), ``contract_flops_hh`` (``steps`` x ``batch`` tokens),
+    ``rebuild_flops``.
     """
     from .. import contract
 
     tokens = steps * batch
-    factor = 3 if training else 1
-    acc = {k: 0.0 for k in ("dense_ih", "dense_hh", "contract_ih", "contract_hh", "rebuild_ih", "rebuild_hh")}
+    training = bool(training)
+    factor = 3.0 if training else 1.0
+    keys = ("dense_ih", "dense_hh", "rebuild", "ih_rebuild", "ih_contract", "hh_rebuild", "hh_contract")
+    flop_keys = ("dense_flops_ih", "dense_flops_hh", "contract_flops_ih", "contract_flops_hh", "rebuild_flops")
+    acc = {k: 0.0 for k in keys + flop_keys}
     for name, m in lstm.weight_modules():
-        kind = "ih" if name.startswith("weight_ih") else "hh"
         out_modes, in_modes, dims = m.out_modes, m.in_modes, m.bond_dims
         rows, cols = m.shape
-        acc[f"dense_{kind}"] += contract.dense_flops(rows, cols, tokens)
-        acc[f"rebuild_{kind}"] += rebuild_by_chain_flops(out_modes, in_modes, dims)
-        if kind == "ih":
-            acc["contract_ih"] += contract.contraction_flops(out_modes, in_modes, dims, tokens)
+        # rebuilt weights are cached when no gradient is needed (MPOModule.rebuild_weight)
+        rebuild = rebuild_by_chain_flops(out_modes, in_modes, dims) + contract.ALPHA * 2 * rows * cols if training else 0.0
+        acc["rebuild"] += rebuild
+        acc["rebuild_flops"] += rebuild_by_chain_flops(out_modes, in_modes, dims)
+        if name.startswith("weight_ih"):
+            dense = _apply_cost(out_modes, in_modes, dims, tokens, "rebuild", cached=True)
+            acc["dense_ih"] += dense
+            acc["ih_rebuild"] += dense + rebuild
+            acc["ih_contract"] += CONTRACT_PENALTY_IH[training] * _apply_cost(
+                out_modes, in_modes, dims, tokens, "contract", cached=False
+            )
+            acc["dense_flops_ih"] += contract.dense_flops(rows, cols, tokens)
+            acc["contract_flops_ih"] += contract.contraction_flops(out_modes, in_modes, dims, tokens)
         else:
-            acc["contract_hh"] += steps * contract.contraction_flops(out_modes, in_modes, dims, batch)
+            if rows * cols <= U_CACHE_ELEMENTS:
+                dense = _apply_cost(out_modes, in_modes, dims, tokens, "rebuild", cached=True)
+            else:
+                dense = steps * _apply_cost(out_modes, in_modes, dims, batch, "rebuild", cached=True)
+            merge = contract.plan_apply(out_modes, in_modes, dims, batch, contract_only=True, merged_cached=True)
+            per_step = _apply_cost(out_modes, in_modes, dims, batch, "contract", cached=True)
+            acc["dense_hh"] += dense
+            acc["hh_rebuild"] += dense + rebuild
+            acc["hh_contract"] += CONTRACT_PENALTY_HH[training] * (merge.merge_flops + steps * per_step)
+            acc["dense_flops_hh"] += contract.dense_flops(rows, cols, tokens)
+            acc["contract_flops_hh"] += steps * contract.contraction_flops(out_modes, in_modes, dims, batch)
     loops = steps * lstm.num_layers * lstm.num_directions
-    out = {k: v * factor for k, v in acc.items()}
+    overhead = loops * STEP_OVERHEAD_PER_ELEMENT * batch * lstm.hidden_size
+    out = {k: v * factor for k, v in acc.items() if k in keys}
+    out.update({k: acc[k] for k in flop_keys})
     out["dense"] = out["dense_ih"] + out["dense_hh"]
-    out["fused"] = out["dense"] + out["rebuild_ih"] + out["rebuild_hh"]
-    ih_rebuild = out["dense_ih"] + out["rebuild_ih"]
-    hh_rebuild = out["dense_hh"] + out["rebuild_hh"]
-    hh_contract = out["contract_hh"] + loops * CONTRACT_STEP_OVERHEAD_FLOPS * factor
-    out["path_ih"] = "contract" if out["contract_ih"] < ih_rebuild else "rebuild"
-    out["path_hh"] = "contract" if hh_contract < hh_rebuild else "rebuild"
-    out["stepwise"] = (
-        min(out["contract_ih"], ih_rebuild) + min(hh_contract, hh_rebuild) + loops * STEP_OVERHEAD_FLOPS * factor
-    )
+    out["fused"] = out["dense"] + out["rebuild"]
+    out["path_ih"] = "contract" if out["ih_contract"] < out["ih_rebuild"] else "rebuild"
+    out["path_hh"] = "contract" if out["hh_contract"] < out["hh_rebuild"] else "rebuild"
+    out["overhead"] = overhead
+    out["stepwise"] = min(out["ih_contract"], out["ih_rebuild"]) + min(out["hh_contract"], out["hh_rebuild"]) + overhead
     return out

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 import torch
 
-from ..contract import mpo_apply
+from ..contract import merge_groups, mpo_apply, plan_apply, sweep
 
 __all__ = ["lstm_direction", "LSTMRecurrence", "lengths_from_batch_sizes", "packed_to_padded", "padded_to_packed"]
 
@@ -98,18 +98,43 @@ def _flush_denormals(device: torch.device):
             torch.set_flush_denormal(False)
 
 
-def _apply_u(path: str, u_tensors, h: torch.Tensor) -> torch.Tensor:
-    """h (B, H) -> h U^T (B, 4H); U given dense (4H, H) or as cores."""
-    if path == "rebuild":
-        return h @ u_tensors[0].t()
-    return mpo_apply(h, u_tensors)
+class _StepOperator:
+    """``h -> h U^T`` and ``g -> g U`` for one batch size, prepared once per call (no autograd).
 
+    "rebuild": U ``(4H, H)`` dense. "contract": U's cores, with runs of adjacent cores
+    merged once (the plan :func:`mpokit.contract.plan_apply` picks for ``batch`` rows,
+    merging cached), then swept per step; ``U^T``'s cores are the same with (i, j) swapped.
+    """
 
-def _apply_u_transposed(path: str, u_tensors, g: torch.Tensor) -> torch.Tensor:
-    """g (B, 4H) -> g U (B, H). The MPO of U^T has every core's (i, j) swapped."""
-    if path == "rebuild":
-        return g @ u_tensors[0]
-    return mpo_apply(g, [c.transpose(1, 2) for c in u_tensors])
+    def __init__(self, path: str, u_tensors, batch: int):
+        self.path = path
+        if path == "rebuild":
+            self.u = u_tensors[0]  # (4H, H)
+            self.u_t = self.u.t()
+            return
+        out_modes = [int(c.shape[1]) for c in u_tensors]
+        in_modes = [int(c.shape[2]) for c in u_tensors]
+        bonds = [int(c.shape[3]) for c in u_tensors[:-1]]
+        fwd = plan_apply(out_modes, in_modes, bonds, batch, contract_only=True, merged_cached=True)
+        self.merged = merge_groups(list(u_tensors), fwd.groups)
+        self.order = fwd.order
+        merged_t = [m.transpose(1, 2) for m in self.merged]
+        bwd = plan_apply(
+            [int(m.shape[1]) for m in merged_t], [int(m.shape[2]) for m in merged_t],
+            [int(m.shape[3]) for m in merged_t[:-1]], batch, contract_only=True, merged_cached=True,
+        )
+        self.merged_t = merge_groups(merged_t, bwd.groups)
+        self.order_t = bwd.order
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:  # (B, H) -> (B, 4H)
+        if self.path == "rebuild":
+            return h @ self.u_t
+        return sweep(h, self.merged, self.order)
+
+    def transposed(self, g: torch.Tensor) -> torch.Tensor:  # (B, 4H) -> (B, H)
+        if self.path == "rebuild":
+            return g @ self.u
+        return sweep(g, self.merged_t, self.order_t)
 
 
 class LSTMRecurrence(torch.autograd.Function):
@@ -139,7 +164,8 @@ class LSTMRecurrence(torch.autograd.Function):
         cs[0], hs[0] = c0, h0
         out = gates_x.new_empty(steps, batch, hidden) if mask is not None else None
         with _flush_denormals(gates_x.device):
-            LSTMRecurrence._forward_loop(hh_path, mask, gates_x, u_tensors, acts, cs, hs, tanh_cs, out)
+            op = _StepOperator(hh_path, [u.detach() for u in u_tensors], batch)
+            LSTMRecurrence._forward_loop(op, mask, gates_x, acts, cs, hs, tanh_cs, out)
         ctx.hh_path = hh_path
         ctx.save_for_backward(acts, cs, hs, tanh_cs, mask, *u_tensors)
         if out is None:
@@ -147,12 +173,12 @@ class LSTMRecurrence(torch.autograd.Function):
         return out, hs[steps].clone(), cs[steps].clone()
 
     @staticmethod
-    def _forward_loop(hh_path, mask, gates_x, u_tensors, acts, cs, hs, tanh_cs, out):
+    def _forward_loop(op, mask, gates_x, acts, cs, hs, tanh_cs, out):
         steps, hidden = gates_x.shape[0], gates_x.shape[2] // 4
         g_slice = slice(2 * hidden, 3 * hidden)
         for t in range(steps):
             a = acts[t]
-            pre = _apply_u(hh_path, u_tensors, hs[t]).add_(gates_x[t])  # (B, 4H)
+            pre = op.forward(hs[t]).add_(gates_x[t])  # (B, 4H)
             torch.sigmoid(pre, out=a)
             torch.tanh(pre[:, g_slice], out=a[:, g_slice])
             i, f, g, o = a.chunk(4, 1)
@@ -190,6 +216,7 @@ class LSTMRecurrence(torch.autograd.Function):
         dh_carry = d_hn if d_hn is not None else acts.new_zeros(batch, hidden)
         dc_carry = d_cn if d_cn is not None else acts.new_zeros(batch, hidden)
         mask_f = mask.to(acts.dtype) if mask is not None else None
+        op = _StepOperator(path, u_tensors, batch)
         for t in range(steps - 1, -1, -1):
             da = d_gates[t]
             dh = dh_carry if d_out is None else dh_carry + d_out[t]
@@ -204,7 +231,7 @@ class LSTMRecurrence(torch.autograd.Function):
             torch.mul(dc.unsqueeze(1), z_all[t], out=da[:, : 3 * hidden].view(batch, 3, hidden))  # d i, d f, d g
             da.mul_(deriv[t])
             dc_carry = dc * f_all[t]
-            dh_carry = _apply_u_transposed(path, u_tensors, da)
+            dh_carry = op.transposed(da)
             if mask_f is not None:
                 dh_carry = dh_carry + keep_h
                 dc_carry = dc_carry + keep_c
