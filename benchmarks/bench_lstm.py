@@ -9,8 +9,9 @@ each after a warm-up, and the median is reported (the machine is shared and
 noisy). The training step is ``zero_grad; y = m(x); y.square().mean().backward()``;
 the forward runs under ``torch.no_grad`` (MPO layers then reuse their cached
 rebuilt weights). Next to the measured ratios, the cost model's prediction:
-FLOPs of MPOLSTM's chosen plan / FLOPs of the dense LSTM's matmuls, and the
-best contraction order's FLOPs for W (all tokens) and U (per step) / dense.
+the predicted time ratio of MPOLSTM's chosen plan (:func:`mpokit.layers.lstm.lstm_cost`),
+and the FLOPs of contracting W (all tokens) and U (per step) / dense. Two extra rows
+(not in the issue) use fewer cores at rate 100, where contraction is cheap.
 
 Usage: ``python benchmarks/bench_lstm.py [--quick] [--execution auto|fused|stepwise] [--threads N]``.
 """
@@ -55,67 +56,83 @@ def _alternate(fn, a: nn.Module, b: nn.Module, x: torch.Tensor, reps: int) -> tu
     return statistics.median(ta), statistics.median(tb)
 
 
-def bench_setting(hidden: int, rate: float, reps: int = 3, execution: str = "auto", seed: int = 0) -> dict:
+def _plan_name(plan: dict) -> str:
+    if plan["execution"] == "fused":
+        return "fused"
+    return f"step W:{plan['ih'][0]} U:{plan['hh'][0]}"  # r = rebuild, c = contract
+
+
+def bench_setting(
+    hidden: int, rate: float, reps: int = 3, execution: str = "auto", n_cores: int = 4, seed: int = 0
+) -> dict:
     """Time one setting; returns a row with seconds, ratios and the cost model's numbers."""
     torch.manual_seed(seed)
     ref = nn.LSTM(hidden, hidden)
-    mpo = MPOLSTM(hidden, hidden, rate=rate, execution=execution)
+    mpo = MPOLSTM(hidden, hidden, rate=rate, n_cores=n_cores, execution=execution)
     x = torch.randn(SEQ_LEN, BATCH, hidden)
     ref_train, mpo_train = _alternate(_train_step, ref, mpo, x, reps)
     ref_fwd, mpo_fwd = _alternate(_forward, ref, mpo, x, reps)
-    cost = lstm_cost(mpo, steps=SEQ_LEN, batch=BATCH, training=True)
-    plan = mpo.plan(SEQ_LEN * BATCH, BATCH, SEQ_LEN)
+    tokens = SEQ_LEN * BATCH
+    plan_train = mpo.plan(tokens, BATCH, SEQ_LEN)
+    with torch.no_grad():
+        plan_fwd = mpo.plan(tokens, BATCH, SEQ_LEN)
+    cost_train = lstm_cost(mpo, steps=SEQ_LEN, batch=BATCH, training=True)
+    cost_fwd = lstm_cost(mpo, steps=SEQ_LEN, batch=BATCH, training=False)
     return {
         "hidden": hidden,
         "rate": rate,
+        "n_cores": n_cores,
         "measured_rate": mpo.compression_rate,
         "bonds": sorted({m.bond_dims for m in mpo.mpo_modules()}),
-        "plan": plan,
+        "plan_train": plan_train,
+        "plan_fwd": plan_fwd,
         "ref_train_s": ref_train,
         "mpo_train_s": mpo_train,
         "train_ratio": mpo_train / ref_train,
         "ref_fwd_s": ref_fwd,
         "mpo_fwd_s": mpo_fwd,
         "fwd_ratio": mpo_fwd / ref_fwd,
-        "model_chosen_vs_dense": cost[plan["execution"]] / cost["dense"],
-        "model_fused_vs_dense": cost["fused"] / cost["dense"],
-        "model_contract_ih_vs_dense": cost["ih_contract"] / cost["dense_ih"],
-        "model_contract_hh_vs_dense": cost["hh_contract"] / cost["dense_hh"],
-        "flops_contract_ih_vs_dense": cost["contract_flops_ih"] / cost["dense_flops_ih"],
-        "flops_contract_hh_vs_dense": cost["contract_flops_hh"] / cost["dense_flops_hh"],
+        "model_train_ratio": cost_train[plan_train["execution"]] / cost_train["dense"],
+        "model_fwd_ratio": cost_fwd[plan_fwd["execution"]] / cost_fwd["dense"],
+        "flops_contract_ih_vs_dense": cost_train["contract_flops_ih"] / cost_train["dense_flops_ih"],
+        "flops_contract_hh_vs_dense": cost_train["contract_flops_hh"] / cost_train["dense_flops_hh"],
     }
+
+
+# Beyond the issue's settings: fewer cores at rate 100, where contraction needs far fewer
+# FLOPs than dense and hidden 1024's U (16 MB) no longer stays in cache between steps.
+CONTRACTION_SETTINGS = ((1024, 100, 3), (1024, 100, 2))
 
 
 def run(quick: bool = False, execution: str = "auto", reps: int | None = None) -> list[dict]:
     """Run all settings (``quick``: hidden 256 only, 2 repetitions) and print one table; returns the rows."""
-    hidden_sizes = HIDDEN_SIZES[:1] if quick else HIDDEN_SIZES
+    settings = [(h, r, 4) for h in (HIDDEN_SIZES[:1] if quick else HIDDEN_SIZES) for r in RATES]
+    if not quick:
+        settings += list(CONTRACTION_SETTINGS)
     reps = reps if reps is not None else (2 if quick else 3)
     print(
         f"MPOLSTM vs nn.LSTM, seq {SEQ_LEN}, batch {BATCH}, float32, {torch.get_num_threads()} thread(s), "
         f"execution={execution!r}, median of {reps}"
     )
-    header = (
-        f"{'hidden':>6} {'rate':>4} {'real':>6} {'plan':>26} | {'train ref':>9} {'train mpo':>9} {'ratio':>6} | "
-        f"{'fwd ref':>8} {'fwd mpo':>8} {'ratio':>6} | {'model':>6} {'W ctr':>6} {'U ctr':>6}"
-    )
-    print(header)
-    rows = []
-    for hidden in hidden_sizes:
-        for rate in RATES:
-            r = bench_setting(hidden, rate, reps=reps, execution=execution)
-            rows.append(r)
-            p = r["plan"]
-            plan = p["execution"] if p["execution"] == "fused" else f"stepwise W:{p['ih']} U:{p['hh']}"
-            print(
-                f"{hidden:>6} {rate:>4} {r['measured_rate']:>6.2f} {plan:>26} | {r['ref_train_s']:>9.4f} "
-                f"{r['mpo_train_s']:>9.4f} {r['train_ratio']:>6.2f} | {r['ref_fwd_s']:>8.4f} {r['mpo_fwd_s']:>8.4f} "
-                f"{r['fwd_ratio']:>6.2f} | {r['model_chosen_vs_dense']:>6.2f} {r['model_contract_ih_vs_dense']:>6.2f} "
-                f"{r['model_contract_hh_vs_dense']:>6.2f}",
-                flush=True,
-            )
     print(
-        "ratio = MPOLSTM / nn.LSTM time (below 1: faster). model = cost model FLOPs of the chosen plan / dense "
-        "LSTM matmul FLOPs; W ctr / U ctr = best contraction order's FLOPs / dense for W (all tokens) and U (per step)."
+        f"{'hidden':>6} {'rate':>4} {'n':>2} {'real':>6} | {'plan train':>12} {'ref s':>7} {'mpo s':>7} {'ratio':>5} "
+        f"{'model':>5} | {'plan fwd':>12} {'ref s':>7} {'mpo s':>7} {'ratio':>5} {'model':>5} | {'W ctr':>5} {'U ctr':>5}"
+    )
+    rows = []
+    for hidden, rate, n_cores in settings:
+        r = bench_setting(hidden, rate, reps=reps, execution=execution, n_cores=n_cores)
+        rows.append(r)
+        print(
+            f"{hidden:>6} {rate:>4} {n_cores:>2} {r['measured_rate']:>6.2f} | {_plan_name(r['plan_train']):>12} "
+            f"{r['ref_train_s']:>7.3f} {r['mpo_train_s']:>7.3f} {r['train_ratio']:>5.2f} {r['model_train_ratio']:>5.2f} | "
+            f"{_plan_name(r['plan_fwd']):>12} {r['ref_fwd_s']:>7.3f} {r['mpo_fwd_s']:>7.3f} {r['fwd_ratio']:>5.2f} "
+            f"{r['model_fwd_ratio']:>5.2f} | {r['flops_contract_ih_vs_dense']:>5.2f} {r['flops_contract_hh_vs_dense']:>5.2f}",
+            flush=True,
+        )
+    print(
+        "ratio = MPOLSTM / nn.LSTM time (below 1: faster); model = the cost model's prediction of that ratio for the\n"
+        "chosen plan (lstm_cost: FLOPs + memory traffic); W ctr / U ctr = FLOPs of contracting W (all tokens at once)\n"
+        "and U (per step) / dense FLOPs. n = cores per MPO (4: the paper's (8,2,2,8)-style modes)."
     )
     return rows
 
