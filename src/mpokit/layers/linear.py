@@ -154,6 +154,7 @@ class MPOLinear(MPOModule):
     def _grad_needed(self) -> bool:
         return torch.is_grad_enabled() and any(p.requires_grad for p in self.cores)
 
+    @torch.compiler.disable  # plain Python on ints: run it eagerly instead of tracing the plan search
     def plan(self, tokens: int, grad_needed: bool | None = None) -> contract.ApplyPlan:
         """The :class:`~mpokit.contract.ApplyPlan` a call with ``tokens`` rows runs (cached per setting).
 
