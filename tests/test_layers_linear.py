@@ -15,7 +15,7 @@ PATHS = ("rebuild", "contract")
 
 
 def _rel(a, b):
-    return float(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b))
+    return float(torch.linalg.vector_norm((a - b).detach()) / torch.linalg.vector_norm(b.detach()))
 
 
 def _linear(in_f, out_f, dtype, bias=True, seed=0):
