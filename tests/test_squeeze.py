@@ -286,3 +286,33 @@ def test_bad_input_errors():
         truncate_directly(model, target_ratio=-1.0)
     with pytest.raises(ValueError, match="no MPO layers"):
         squeeze(nn.Linear(3, 2), target_ratio=0.5, **kw)
+
+
+# ---------------------------------------------------------------------------
+# every method to one budget on a tiny random BERT (what `mpokit squeeze` runs)
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["squeeze", "direct", "prune", "lowrank"])
+def test_compress_to_budget_on_tiny_bert(method):
+    transformers = pytest.importorskip("transformers")
+    from mpokit.squeeze import compress_to_budget
+
+    cfg = transformers.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=64, max_position_embeddings=16, num_labels=2)
+    torch.manual_seed(0)
+    model = transformers.BertForSequenceClassification(cfg).eval()
+    g = torch.Generator().manual_seed(0)
+    batches = [{"input_ids": torch.randint(0, 50, (4, 8), generator=g), "attention_mask": torch.ones(4, 8, dtype=torch.long),
+                "labels": torch.randint(0, 2, (4,), generator=g)} for _ in range(3)]
+    info = compress_to_budget(model, method, target_ratio=0.5, train_batches=batches, eval_batches=batches[:1],
+                              finetune_steps=1, lr=1e-3,
+                              **({"step_size": 0.5, "matrices_per_step": 6} if method == "squeeze" else {}))
+    assert info["dense_params"] == 2 * (4 * 32 * 32 + 2 * 32 * 64)  # Q, K, V, O, FFN in/out of 2 layers
+    assert info["params"] <= 0.5 * info["dense_params"] and info["ratio"] <= 0.5
+    assert 0.0 <= info["eval_accuracy"] <= 1.0 and math.isfinite(info["eval_loss"])
+    if method in ("squeeze", "direct"):
+        layers = find_mpo_modules(model)
+        assert len(layers) == 12
+        assert all(not l.central_parameters()[0].requires_grad for l in layers.values())
+    assert not model.bert.embeddings.word_embeddings.weight.requires_grad
