@@ -190,16 +190,16 @@ def test_squeeze_budget_with_chunks_and_logs(tmp_path):
     train, held = _data()
     modules = find_mpo_modules(model)
     dense = sum(m.dense_params for m in modules.values())
-    log = tmp_path / "log"
+    log = tmp_path / "log_0.35"  # a dot in the name must not be taken for a suffix
     result = squeeze(
         model, train_batches=train, eval_batches=held, target_ratio=0.35, step_size=0.25, matrices_per_step=2,
         finetune_steps=1, lr=1e-3, log_path=log, plot_path=tmp_path / "plot.png",
     )
     assert result.stop_reason == "budget"
     assert result.params <= int(0.35 * dense)
-    rows = json.loads((tmp_path / "log.json").read_text())
+    rows = json.loads((tmp_path / "log_0.35.json").read_text())
     assert len(rows) == len(result.rows)
-    csv_lines = (tmp_path / "log.csv").read_text().strip().splitlines()
+    csv_lines = (tmp_path / "log_0.35.csv").read_text().strip().splitlines()
     assert len(csv_lines) == len(rows) + 1 and csv_lines[0].startswith("step,matrix")
     assert (tmp_path / "plot.png").stat().st_size > 1000
     # the model still runs and its MPO matrices are what the bonds say

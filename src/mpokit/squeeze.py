@@ -534,15 +534,16 @@ LOG_FIELDS = (
 
 
 def _write_log(rows: list[dict], log_path: Path) -> None:
-    """``log_path`` with suffix .json (all rows) and .csv (one line per step)."""
-    base = log_path.with_suffix("")
-    _atomic_write_text(base.with_suffix(".json"), json.dumps(rows, indent=1))
+    """``<log_path>.json`` (all rows) and ``<log_path>.csv`` (one line per step); a .json/.csv suffix is dropped first."""
+    base = log_path.with_suffix("") if log_path.suffix in (".json", ".csv") else log_path
+    json_path, csv_path = base.with_name(base.name + ".json"), base.with_name(base.name + ".csv")
+    _atomic_write_text(json_path, json.dumps(rows, indent=1))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=LOG_FIELDS, extrasaction="ignore")
     writer.writeheader()
     for r in rows:
         writer.writerow({k: (json.dumps(v) if isinstance(v, (list, tuple)) else v) for k, v in r.items()})
-    _atomic_write_text(base.with_suffix(".csv"), buf.getvalue())
+    _atomic_write_text(csv_path, buf.getvalue())
 
 
 def plot_squeeze_log(rows: Sequence[Mapping], path: str | os.PathLike, title: str = "dimension squeezing") -> Path:
