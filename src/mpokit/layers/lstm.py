@@ -20,9 +20,15 @@ with ``execution=``):
   autograd flows through the rebuilt matrices into the cores.
 * ``"stepwise"``: the input-to-hidden product of all time steps in one batched
   call outside the recurrence (contracting the input with the cores, or one
-  matmul with the rebuilt ``W``), then a Python loop over time steps applying
-  ``U`` to the hidden state on its cheapest path (contraction when bonds are
-  small, else the rebuilt matrix).
+  matmul with the rebuilt ``W``), then a loop over time steps applying ``U`` to
+  the hidden state on its cheapest path (contraction when bonds are small, else
+  the rebuilt matrix), as one autograd Function with a hand-written backward
+  (:class:`mpokit.layers.lstm_recurrence.LSTMRecurrence`).
+
+The cost model is :func:`mpokit.layers.lstm_plan.lstm_cost` (FLOPs plus memory
+traffic, calibrated on CPU); ``plan(tokens, batch, steps)`` shows its choice.
+With the paper's modes, contraction only pays at high compression and large
+hidden sizes (U re-read from memory every step), so "fused" is the usual choice.
 
 Packed sequences: ``forward`` accepts a ``PackedSequence`` exactly as
 ``nn.LSTM`` does, and additionally a padded tensor with ``lengths=`` (which is
