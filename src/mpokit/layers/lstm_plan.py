@@ -176,7 +176,7 @@ STEP_OVERHEAD_PER_ELEMENT = 5000.0
 #   permutation copies; the backward of a sweep is slower than 2x its forward):
 #   for W over all tokens at once, and for U per step (batch rows), training / inference.
 CONTRACT_PENALTY_IH = {True: 1.5, False: 1.2}
-CONTRACT_PENALTY_HH = {True: 2.5, False: 1.2}
+CONTRACT_PENALTY_HH = {True: 4.0, False: 1.2}
 # The stepwise strategy is taken only when the model predicts at least this saving.
 STEPWISE_MARGIN = 0.85
 # A dense U of at most this many elements stays in cache across time steps, so its
