@@ -91,13 +91,12 @@ def bond_dim_for_rate(out_modes: Sequence[int], in_modes: Sequence[int], rate: f
     dense = math.prod(out_modes) * math.prod(in_modes)
     max_d = max(shapes.full_bond_dims(out_modes, in_modes), default=1)
     smallest = shapes.mpo_num_params(out_modes, in_modes, uniform_bond_dims(out_modes, in_modes, 1))
-    if dense / smallest < rate * (1 - 1e-9) and not math.isclose(dense / smallest, rate):
-        # Accept the nearest only when within the log-distance of one step; otherwise it is unreachable.
-        if math.log(rate / (dense / smallest)) > 0.1:
-            raise ValueError(
-                f"rate {rate} is unreachable for modes out {out_modes} x in {in_modes}: even bond 1 gives "
-                f"{dense / smallest:.1f}x; use a rate <= {dense / smallest:.1f} or fewer, larger modes"
-            )
+    max_rate = dense / smallest  # all bonds 1
+    if rate > 1.1 * max_rate:
+        raise ValueError(
+            f"rate {rate} is unreachable for modes out {out_modes} x in {in_modes}: even bond 1 gives "
+            f"{max_rate:.1f}x; use a rate <= {max_rate:.1f} or fewer, larger modes"
+        )
     target = math.log(rate)
     best_d, best_gap = 1, math.inf
     for d in range(1, max_d + 1):
