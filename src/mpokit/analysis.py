@@ -109,9 +109,9 @@ def decompose_matrix(name: str, matrix: torch.Tensor, **mpo_options) -> tuple[MP
     start = time.perf_counter()
     mpo = MPO.from_matrix(matrix, **mpo_options)
     seconds = time.perf_counter() - start
-    reference = matrix.detach().to(mpo.dtype)
+    reference = matrix.detach().double()  # measure in float64, whatever the working precision
     norm = float(torch.linalg.vector_norm(reference))
-    diff = float(torch.linalg.vector_norm(reference - mpo.to_matrix()))
+    diff = float(torch.linalg.vector_norm(reference - mpo.to_matrix().double()))
     report = MatrixReport(
         name=name,
         shape=(int(matrix.shape[0]), int(matrix.shape[1])),
