@@ -358,7 +358,7 @@ class MPOLSTM(nn.Module):
         spec_hh = _bond_spec("hh", rate, bond_dim, rate_hh, bond_dim_hh)
         if rel_error is not None and (spec_ih is not None or spec_hh is not None):
             raise ValueError("give either rel_error or rate/bond_dim, not both; e.g. rel_error=0.05 or rate=10")
-        h, n = lstm.hidden_size, None
+        h = lstm.hidden_size
         hidden_modes = _check_modes("modes", modes, h, n_cores)
         n = len(hidden_modes)
         first_in = _check_modes("input_modes", input_modes, lstm.input_size, n)
@@ -443,7 +443,7 @@ class MPOLSTM(nn.Module):
 
         if isinstance(input, PackedSequence):
             data, batch_sizes, sorted_indices, unsorted_indices = input
-            self._check_input(data, 2)
+            self._check_input(data)
             batch = int(batch_sizes[0])
             hx = self._prepare_hx(hx, batch, data, batched=True)
             if sorted_indices is not None:
@@ -463,7 +463,7 @@ class MPOLSTM(nn.Module):
                 f"input must be 3-D {'(B, T, X)' if self.batch_first else '(T, B, X)'} or unbatched 2-D (T, X), "
                 f"got shape {tuple(input.shape)}; e.g. torch.randn(35, 20, {self.input_size})"
             )
-        self._check_input(input, input.dim())
+        self._check_input(input)
         batched = input.dim() == 3
         if not batched:
             input = input.unsqueeze(1)  # (T, 1, X)
@@ -477,7 +477,7 @@ class MPOLSTM(nn.Module):
             output = output.transpose(0, 1)
         return output, (h_n, c_n)
 
-    def _check_input(self, x: torch.Tensor, dims: int) -> None:
+    def _check_input(self, x: torch.Tensor) -> None:
         if x.shape[-1] != self.input_size:
             raise ValueError(
                 f"input has {x.shape[-1]} features in its last dimension (shape {tuple(x.shape)}), but this "
