@@ -222,6 +222,20 @@ def test_to_lstm_round_trip():
     assert _rel(again(x)[0], dense(x)[0]) < 1e-10
 
 
+def test_nn_lstm_compatibility_surface():
+    import mpokit
+    from mpokit.layers import MPOLSTM as from_layers
+
+    assert mpokit.MPOLSTM is MPOLSTM and from_layers is MPOLSTM
+    ref, mpo = _pair(torch.float64, 2, True)
+    mpo.flatten_parameters()
+    assert mpo.proj_size == 0
+    for got, want in zip(mpo.all_weights, ref.all_weights):
+        assert len(got) == len(want) == 4
+        for g, w in zip(got, want):
+            assert g.shape == w.shape and _rel(g, w) < 1e-12
+
+
 def test_state_dict_round_trip():
     torch.manual_seed(0)
     a = MPOLSTM(INPUT, HIDDEN, 2, bidirectional=True, bond_dim=3)

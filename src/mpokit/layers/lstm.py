@@ -225,6 +225,7 @@ class MPOLSTM(nn.Module):
         self.dropout = float(dropout)
         self.bidirectional = bool(bidirectional)
         self.execution = execution
+        self.proj_size = 0  # nn.LSTM attribute; projections are not supported
         self.ih_path: str | None = None  # stepwise path overrides ("rebuild" / "contract"); None: cost model
         self.hh_path: str | None = None
         self.hidden_modes = _check_modes("modes", modes, hidden_size, n_cores)
@@ -409,6 +410,24 @@ class MPOLSTM(nn.Module):
         return lstm
 
     # -- forward -------------------------------------------------------------------------
+
+    def flatten_parameters(self) -> None:
+        """No-op, for code written against ``nn.LSTM`` (the weights are rebuilt per call)."""
+
+    @property
+    def all_weights(self) -> list[list[torch.Tensor]]:
+        """As ``nn.LSTM.all_weights``: per layer and direction ``[W, U(, b_ih, b_hh)]``, W and U rebuilt."""
+        out = []
+        for layer in range(self.num_layers):
+            for suffix in self._suffixes():
+                group = [
+                    getattr(self, f"weight_ih_l{layer}{suffix}").rebuild_weight(),
+                    getattr(self, f"weight_hh_l{layer}{suffix}").rebuild_weight(),
+                ]
+                if self.bias:
+                    group.extend(self._biases(layer, suffix))
+                out.append(group)
+        return out
 
     def _biases(self, layer: int, suffix: str) -> tuple[torch.Tensor, torch.Tensor] | None:
         if not self.bias:
