@@ -174,7 +174,15 @@ class MPOLSTM(nn.Module):
       256 -> (8, 2, 2, 8)); ``input_modes``: of ``input_size`` for layer 0.
       The out modes of W and U are :func:`gate_modes` (first mode x 4).
     * ``n_cores``: number of cores when modes are not given (default 4).
-    * ``execution``: "auto" (cost model, per call), "fused" or "stepwise".
+    * ``execution``: "auto" (cost model, per call), "fused" or "stepwise"; change it later
+      with :meth:`set_execution` (which can also pin the stepwise W / U paths); :meth:`plan`
+      shows the choice for a shape.
+    * ``device``, ``dtype``: as ``nn.LSTM``. (``_weights`` is internal, used by :meth:`from_lstm`.)
+
+    Counts: :meth:`num_weight_params` (MPO parameters of all W and U),
+    :meth:`dense_weight_params`, :attr:`compression_rate`. Structure:
+    :meth:`mpo_modules`, :meth:`central_parameters`, :meth:`auxiliary_parameters`,
+    :meth:`truncate_`.
 
     Random init: every entry of W and U has the variance of ``nn.LSTM``'s
     ``U(-1/sqrt(H), 1/sqrt(H))``, i.e. ``1 / (3H)``; biases as ``nn.LSTM``.
