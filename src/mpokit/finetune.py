@@ -370,6 +370,7 @@ class FinetuneConfig:
     max_grad_norm: float = 1.0
     max_steps_per_epoch: int | None = None
     resume: bool = False
+    stop_after_epochs: int | None = None  # train at most this many epochs in this call (continue with resume=True)
     save_best: bool = True
     save_last: bool = True
     cpu: bool = False
@@ -383,7 +384,8 @@ class FinetuneConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {v!r}")
-        for name in ("train_size", "validation_size", "test_size", "max_steps_per_epoch", "num_threads"):
+        for name in ("train_size", "validation_size", "test_size", "max_steps_per_epoch", "num_threads",
+                     "stop_after_epochs"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):
                 raise ValueError(f"{name} must be an int >= 1 or None (all), got {v!r}")
@@ -487,7 +489,7 @@ def _save_training_state(directory: Path, model, optimizer, scheduler, trainer_s
     opt_tensors, opt_meta = _optimizer_state_tensors(optimizer)
     atomic_write_bytes(directory / "optimizer.safetensors", st_save(opt_tensors) if opt_tensors else st_save({"_empty": torch.zeros(1)}))
     payload = dict(trainer_state, aliases=aliases, optimizer=opt_meta,
-                   scheduler={k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"},
+                   scheduler=scheduler.state_dict(),  # LambdaLR: lr_lambdas is [None] for plain functions
                    rng={"torch": torch.get_rng_state().tolist(), "python": list(random.getstate()[1])})
     atomic_write_text(directory / "trainer_state.json", json.dumps(payload))
 
@@ -549,14 +551,21 @@ def finetune(config: FinetuneConfig | None = None, **overrides) -> dict[str, Any
         steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
     total_steps = steps_per_epoch * config.epochs
     scheduler = _linear_warmup_decay(optimizer, total_steps, int(config.warmup_ratio * total_steps))
+    resume_dir = out / "last"
+    resuming = config.resume and (resume_dir / "trainer_state.json").is_file()
     model, optimizer, train_dl, val_dl, test_dl, scheduler = accelerator.prepare(
         model, optimizer, data["train"], data["validation"], data["test"], scheduler)
 
     history: list[dict] = []
     start_epoch, best = 0, {"accuracy": -1.0, "epoch": None}
-    if config.resume and (out / "last" / "trainer_state.json").is_file():
-        state = _load_training_state(out / "last", accelerator.unwrap_model(model), optimizer, scheduler)
+    if resuming:
+        state = _load_training_state(resume_dir, accelerator.unwrap_model(model), optimizer, scheduler)
         start_epoch, best, history = state["epoch"] + 1, state["best"], state["history"]
+        for epoch in range(start_epoch):  # replay the finished epochs' shuffles (no compute): same order as unbroken
+            if hasattr(train_dl, "set_epoch"):
+                train_dl.set_epoch(epoch)
+            for _ in train_dl:
+                pass
         accelerator.print(f"resumed from {out / 'last'} after epoch {state['epoch'] + 1}")
 
     subset_note = (f"subset: train {data['sizes']['train']} of {data['full_sizes']['train']} sentences, "
@@ -565,7 +574,8 @@ def finetune(config: FinetuneConfig | None = None, **overrides) -> dict[str, Any
         accelerator.print(f"compressed in {info['compress_seconds']:.1f}s:\n{info['report'].table()}")
     accelerator.print(f"[{config.method}] #To {total_params:,}  #Ft {trainable_params:,}  ({subset_note})")
     wall0 = time.perf_counter()
-    for epoch in range(start_epoch, config.epochs):
+    end_epoch = config.epochs if config.stop_after_epochs is None else min(config.epochs, start_epoch + config.stop_after_epochs)
+    for epoch in range(start_epoch, end_epoch):
         if hasattr(train_dl, "set_epoch"):
             train_dl.set_epoch(epoch)
         t0 = time.perf_counter()
