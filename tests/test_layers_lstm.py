@@ -380,3 +380,16 @@ def test_rebuild_by_chain_equals_rebuild_matrix():
         d = (1, *dims, 1)
         cores = [torch.randn(d[k], o, i, d[k + 1], dtype=torch.float64) for k, (o, i) in enumerate(zip(out_modes, in_modes))]
         assert torch.allclose(rebuild_by_chain(cores), rebuild_matrix(cores), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("path", PATHS, ids=PATH_IDS)
+def test_bf16_autocast_runs(path):
+    torch.manual_seed(0)
+    mpo = MPOLSTM(INPUT, HIDDEN, rate=2).set_execution(*path)
+    x = torch.randn(5, 3, INPUT)
+    want = mpo(x)[0].detach()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, (h, _) = mpo(x)
+    got.float().sum().backward()
+    got = got.detach().float()
+    assert torch.isfinite(got).all() and float((got - want).abs().max()) < 0.05

@@ -72,6 +72,10 @@ def lstm_direction(x, state, w_ih, w_hh, biases, *, reverse, lengths, ih_path, h
     if lengths is not None:
         mask = (torch.arange(steps).unsqueeze(1) < lengths.unsqueeze(0)).to(x.device).unsqueeze(-1)  # (T, B, 1)
     u_tensors = (w_hh.rebuild_weight(),) if hh_path == "rebuild" else tuple(w_hh.cores)
+    # the recurrence runs in the state's dtype (under autocast, gates_x / U may come in lower precision)
+    dtype = state[0].dtype
+    gates_x = gates_x.to(dtype)
+    u_tensors = tuple(u.to(dtype) for u in u_tensors)
     out, h_n, c_n = LSTMRecurrence.apply(hh_path, mask, gates_x, state[0], state[1], *u_tensors)
     if reverse:
         out = out.flip(0) if rev is None else out.gather(0, rev.unsqueeze(-1).expand_as(out))
@@ -163,7 +167,7 @@ class LSTMRecurrence(torch.autograd.Function):
         tanh_cs = gates_x.new_empty(steps, batch, hidden)  # tanh(c_new)
         cs[0], hs[0] = c0, h0
         out = gates_x.new_empty(steps, batch, hidden) if mask is not None else None
-        with _flush_denormals(gates_x.device):
+        with _flush_denormals(gates_x.device), torch.autocast(gates_x.device.type, enabled=False):
             op = _StepOperator(hh_path, [u.detach() for u in u_tensors], batch)
             LSTMRecurrence._forward_loop(op, mask, gates_x, acts, cs, hs, tanh_cs, out)
         ctx.hh_path = hh_path
@@ -198,7 +202,8 @@ class LSTMRecurrence(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, d_out, d_hn, d_cn):
-        with _flush_denormals(d_out.device if d_out is not None else ctx.saved_tensors[0].device):
+        device = ctx.saved_tensors[0].device
+        with _flush_denormals(device), torch.autocast(device.type, enabled=False):
             return LSTMRecurrence._backward(ctx, d_out, d_hn, d_cn)
 
     @staticmethod
