@@ -29,12 +29,21 @@ def test_every_plan_is_exact_and_its_flops_match_torch_flop_counter(modes):
     x = torch.randn(7, w.shape[1], dtype=torch.float64)
     cores = list(mpo.cores)
     plans = contract._all_plans(mpo.out_modes, mpo.in_modes, mpo.bond_dims, 7)
-    assert len(plans) == 3 ** (len(cores) - 1)  # sum over groupings of 2^(groups-1)
+    assert len(plans) == 2 ** len(cores) - 1  # per grouping: left-to-right and right-to-left (one if a single group)
     for plan in plans:
         y = contract.mpo_apply(x, cores, plan.order, plan.groups)
         torch.testing.assert_close(y, x @ w.T, rtol=1e-12, atol=1e-12)
         counted = _counted_flops(lambda: contract.mpo_apply(x, cores, plan.order, plan.groups))
         assert counted == plan.flops, (plan.groups, plan.order, counted, plan.flops)
+
+
+def test_mixed_orders_are_exact_too():
+    w, mpo = _mpo((2, 2, 3, 2), (3, 2, 2, 2))
+    x = torch.randn(5, w.shape[1], dtype=torch.float64)
+    for order in ("LRLL", "RLRL", "RRLL", "LLLL", "RRRL"):
+        torch.testing.assert_close(contract.sweep(x, list(mpo.cores), order), x @ w.T, rtol=1e-12, atol=1e-12)
+        counted = _counted_flops(lambda: contract.sweep(x, list(mpo.cores), order))
+        assert counted == contract.order_cost(mpo.out_modes, mpo.in_modes, mpo.bond_dims, 5, order).flops
 
 
 def test_sweep_order_cost_matches_a_hand_count():

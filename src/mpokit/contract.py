@@ -20,7 +20,8 @@ A *plan* therefore first merges runs of adjacent cores into bigger cores
 (token-independent cost, like a partial rebuild), then sweeps over the merged
 cores. Merging everything into one core *is* the rebuild path; no merging is
 the plain core-by-core sweep. All ``2^(n-1)`` groupings times all orders over
-the groups are enumerated (81 plans for n = 5), and plans are ranked by an
+the groups are enumerated (left-to-right and right-to-left sweeps, which run without
+copying the state: 31 plans for n = 5), and plans are ranked by an
 estimated time ``flops + ALPHA * elements_moved`` (CPU matmuls with small
 inner dimensions are limited by memory traffic, not FLOPs).
 
@@ -72,8 +73,7 @@ class ContractionPlan:
         flops: ``2 * multiply-adds`` of all steps.
         peak_elements: largest ``input + output`` of a single step (inference peak, excluding ``x``'s owner).
         saved_elements: sum of the step inputs after the first, i.e. the intermediates autograd keeps for backward.
-        moved_elements: elements read and written, counting one extra write+read per step for the
-            permutation copy an einsum step makes.
+        moved_elements: elements read and written by the steps (pure orders run copy-free).
     """
 
     order: str
@@ -117,7 +117,7 @@ def order_cost(
             out_size = size // contracted * i * (1 if last else dims[k])
         flops += 2 * out_size * contracted
         peak = max(peak, size + out_size)
-        moved += size + 2 * out_size
+        moved += size + out_size
         if step > 0:
             saved += size
         size = out_size
@@ -131,6 +131,11 @@ def order_cost(
 def _orders(n: int) -> list[str]:
     # The last letter never matters (one core left); fix it to "L".
     return ["".join(p) + "L" for p in itertools.product("LR", repeat=n - 1)] if n > 1 else ["L"]
+
+
+def _pure_orders(n: int) -> list[str]:
+    """Left-to-right and right-to-left: the orders :func:`sweep` runs without copying the state."""
+    return ["L" * n] if n == 1 else ["L" * n, "R" * (n - 1) + "L"]
 
 
 def _groupings(n: int) -> list[tuple[tuple[int, int], ...]]:
@@ -235,7 +240,7 @@ def _all_plans(out_modes: tuple, in_modes: tuple, bond_dims: tuple, tokens: int)
         g_out = tuple(math.prod(out_modes[a:b]) for a, b in groups)
         g_in = tuple(math.prod(in_modes[a:b]) for a, b in groups)
         g_bonds = tuple(dims[b] for _, b in groups[:-1])
-        for order in _orders(len(groups)):
+        for order in _pure_orders(len(groups)):
             sweep = order_cost(g_out, g_in, g_bonds, tokens, order)
             plans.append(ApplyPlan(groups, order, merge_flops, sweep.flops, merge_elements, sweep))
     return tuple(plans)
@@ -370,11 +375,63 @@ def merge_groups(cores: Sequence[torch.Tensor], groups: Sequence[tuple[int, int]
 
 
 def sweep(x: torch.Tensor, cores: Sequence[torch.Tensor], order: str) -> torch.Tensor:
-    """Contract ``x (tokens, J)`` with ``cores`` one at a time in ``order``; returns ``(tokens, I)``."""
+    """Contract ``x (tokens, J)`` with ``cores`` one at a time in ``order``; returns ``(tokens, I)``.
+
+    Pure orders (all ``"L"``, or ``"R"`` then a final letter) run copy-free: every step is one
+    matmul of a small core matrix with a view of the state, whose layout keeps the summed indices
+    adjacent. Mixed orders run through einsum (correct, but each step copies the state).
+    """
     n = len(cores)
     if len(order) != n or set(order) - {"L", "R"}:
         raise ValueError(f"order must be {n} letters from 'L'/'R', got {order!r}; e.g. {'L' * n!r}")
     order = order[:-1] + "L"  # one core left: taking it from either end is the same contraction
+    if set(order[:-1]) <= {"L"}:
+        return _sweep_left(x, cores)
+    if set(order[:-1]) == {"R"}:
+        return _sweep_right(x, cores)
+    return _sweep_einsum(x, cores, order)
+
+
+def _step(state: torch.Tensor, batch: int, k: int, rest: int, a: torch.Tensor) -> torch.Tensor:
+    """``out[b] = a @ state[b]`` for ``state`` viewed as ``(batch, k, rest)``, ``a (m, k)`` -> ``(batch, m, rest)``."""
+    if rest == 1:
+        # (batch, k) @ (k, m) -> (batch, m): one plain matmul
+        return state.reshape(batch, k) @ a.T
+    # (m, k) @ (batch, k, rest) -> (batch, m, rest): batched matmul, the core broadcast
+    return torch.matmul(a, state.reshape(batch, k, rest))
+
+
+def _sweep_left(x: torch.Tensor, cores: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Left to right. State ``(T, I_<k, d_k, J_>=k)``, contiguous; sums ``(d_k, j_k)``, adjacent in it."""
+    tokens = x.shape[0]
+    state, rows, rest = x, 1, x.shape[1]
+    for core in cores:
+        d, i, j, e = core.shape
+        rest //= j
+        # core (d, i, j, e) -> (i e, d j); state (T I_<k, d j, J_>k) -> (T I_<k, i e, J_>k) = (T, I_<=k, e, J_>k)
+        a = core.permute(1, 3, 0, 2).reshape(i * e, d * j)
+        state = _step(state, tokens * rows, d * j, rest, a)
+        rows *= i
+    return state.reshape(tokens, rows)
+
+
+def _sweep_right(x: torch.Tensor, cores: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Right to left. State ``(T, J_<k, d_k, I_>=k)``, contiguous; sums ``(j_k, d_{k+1})``, adjacent in it."""
+    tokens = x.shape[0]
+    state, cols, done = x, x.shape[1], 1
+    for core in reversed(cores):
+        d, i, j, e = core.shape
+        cols //= j
+        # core (d, i, j, e) -> (d i, j e); state (T J_<k, j e, I_>k) -> (T J_<k, d i, I_>k) = (T, J_<k, d, I_>=k)
+        a = core.reshape(d * i, j * e)
+        state = _step(state, tokens * cols, j * e, done, a)
+        done *= i
+    return state.reshape(tokens, done)
+
+
+def _sweep_einsum(x: torch.Tensor, cores: Sequence[torch.Tensor], order: str) -> torch.Tensor:
+    """Any order (both ends may be open), one einsum per step."""
+    n = len(cores)
     in_modes = [int(c.shape[2]) for c in cores]
     tokens, J = x.shape
     # state: (B, P, L, Jmid, R, S) with P = done left out modes, S = done right out modes, L/R open bonds
