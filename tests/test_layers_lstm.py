@@ -371,17 +371,6 @@ def test_bad_input_errors():
         MPOLSTM.from_lstm(nn.GRU(4, 4))
 
 
-def test_rebuild_by_chain_equals_rebuild_matrix():
-    from mpokit.layers.lstm import rebuild_by_chain
-    from mpokit.mpo import rebuild_matrix
-
-    torch.manual_seed(0)
-    for out_modes, in_modes, dims in (((32, 2, 2, 8), (8, 2, 2, 8), (9, 5, 7)), ((6, 2, 3), (2, 5, 1), (4, 3)), ((5,), (3,), ())):
-        d = (1, *dims, 1)
-        cores = [torch.randn(d[k], o, i, d[k + 1], dtype=torch.float64) for k, (o, i) in enumerate(zip(out_modes, in_modes))]
-        assert torch.allclose(rebuild_by_chain(cores), rebuild_matrix(cores), rtol=1e-12, atol=1e-12)
-
-
 @pytest.mark.parametrize("path", PATHS, ids=PATH_IDS)
 def test_bf16_autocast_runs(path):
     torch.manual_seed(0)

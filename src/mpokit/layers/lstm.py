@@ -56,7 +56,6 @@ from .lstm_plan import (
     gate_modes,
     lstm_cost,
     lstm_modes,
-    rebuild_by_chain,
     uniform_bond_dims,
 )
 from .lstm_recurrence import lengths_from_batch_sizes, lstm_direction, packed_to_padded, padded_to_packed
@@ -68,7 +67,6 @@ __all__ = [
     "gate_modes",
     "bond_dim_for_rate",
     "lstm_cost",
-    "rebuild_by_chain",
     "EXECUTIONS",
     "STEP_OVERHEAD_PER_ELEMENT",
 ]
@@ -112,14 +110,6 @@ class LSTMWeightMPO(MPOModule):
         module = cls(list(mpo.cores), mpo.shape, mpo.gauge)
         module.error_bound = float(mpo.error_bound)
         return module
-
-    def _rebuild_uncached(self) -> torch.Tensor:
-        """As the base class, but contracting the cores in the cheapest matrix-chain order (pure matmuls)."""
-        full = rebuild_by_chain(list(self.cores))  # (I, J)
-        rows, cols = self.shape
-        if full.shape[0] != rows or full.shape[1] != cols:
-            full = full[:rows, :cols]
-        return full
 
     def matmul(self, x: torch.Tensor, path: str = "rebuild") -> torch.Tensor:
         """``x @ W^T``: x ``(..., cols)`` -> ``(..., rows)``; ``path`` is "rebuild" or "contract"."""

@@ -1,4 +1,4 @@
-"""MPO-LSTM shapes and costs: modes, rate -> bond dimension, rebuild order, execution cost model.
+"""MPO-LSTM shapes and costs: modes, rate -> bond dimension, execution cost model.
 
 Pure functions (no modules). Conventions: core ``k`` has shape
 ``(d_{k-1}, i_k, j_k, d_k)``; an LSTM matrix W ``(4H, X)`` or U ``(4H, H)``
@@ -9,10 +9,7 @@ and in modes factoring X or H.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 from typing import Sequence
-
-import torch
 
 from .. import shapes
 
@@ -22,8 +19,6 @@ __all__ = [
     "gate_modes",
     "bond_dim_for_rate",
     "uniform_bond_dims",
-    "rebuild_by_chain",
-    "rebuild_by_chain_flops",
     "lstm_cost",
     "STEP_OVERHEAD_PER_ELEMENT",
     "CONTRACT_PENALTY_IH",
@@ -107,60 +102,6 @@ def bond_dim_for_rate(out_modes: Sequence[int], in_modes: Sequence[int], rate: f
     return best_d
 
 
-@lru_cache(maxsize=256)
-def _chain_splits(sizes: tuple[int, ...], dims: tuple[int, ...]) -> tuple[tuple, int]:
-    """Matrix-chain dynamic programme over the cores; ``dims = (1, d_1, ..., d_{n-1}, 1)``, ``sizes[k] = i_k j_k``.
-
-    Merging segments [a..m] and [m+1..b] is one matmul ``(d_a P_am, d_{m+1}) @ (d_{m+1}, P_mb d_{b+1})``
-    costing ``2 d_a P_am d_{m+1} P_mb d_{b+1}`` FLOPs. Returns the split table and the total FLOPs.
-    """
-    n = len(sizes)
-    prod = [[math.prod(sizes[a : b + 1]) for b in range(n)] for a in range(n)]
-    cost = [[0] * n for _ in range(n)]
-    split = [[0] * n for _ in range(n)]
-    for length in range(2, n + 1):
-        for a in range(n - length + 1):
-            b = a + length - 1
-            cost[a][b], split[a][b] = min(
-                (cost[a][m] + cost[m + 1][b] + 2 * dims[a] * prod[a][m] * dims[m + 1] * prod[m + 1][b] * dims[b + 1], m)
-                for m in range(a, b)
-            )
-    return tuple(tuple(row) for row in split), cost[0][n - 1]
-
-
-def rebuild_by_chain_flops(out_modes: Sequence[int], in_modes: Sequence[int], bond_dims: Sequence[int]) -> int:
-    """FLOPs of :func:`rebuild_by_chain` (the cheapest merge order)."""
-    sizes = tuple(int(i) * int(j) for i, j in zip(out_modes, in_modes))
-    return _chain_splits(sizes, (1, *(int(d) for d in bond_dims), 1))[1]
-
-
-def rebuild_by_chain(cores: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Cores ``(d_{k-1}, i_k, j_k, d_k)`` -> ``W (prod i, prod j)``, same result as :func:`mpokit.rebuild_matrix`.
-
-    Segments stay in interleaved order ``(d_a, i_a j_a ... i_b j_b, d_{b+1})``, so every merge is a plain
-    matmul (no permutation) and the merge order is the cheapest (:func:`_chain_splits`); one permutation
-    to ``(i_1..i_n, j_1..j_n)`` at the end. 20-70% faster than the left-to-right sweep, forward + backward.
-    """
-    n = len(cores)
-    out_modes = [int(c.shape[1]) for c in cores]
-    in_modes = [int(c.shape[2]) for c in cores]
-    dims = (1, *(int(c.shape[3]) for c in cores))
-    sizes = tuple(i * j for i, j in zip(out_modes, in_modes))
-    split, _ = _chain_splits(sizes, dims)
-
-    def segment(a: int, b: int) -> torch.Tensor:  # (d_a, prod_{a..b} i_k j_k, d_{b+1})
-        if a == b:
-            return cores[a].reshape(dims[a], sizes[a], dims[a + 1])
-        m = split[a][b]
-        left, right = segment(a, m), segment(m + 1, b)
-        merged = left.reshape(-1, left.shape[2]) @ right.reshape(right.shape[0], -1)
-        return merged.reshape(dims[a], left.shape[1] * right.shape[1], dims[b + 1])
-
-    interleaved = segment(0, n - 1).reshape([m for pair in zip(out_modes, in_modes) for m in pair])
-    order = [2 * k for k in range(n)] + [2 * k + 1 for k in range(n)]
-    return interleaved.permute(order).reshape(math.prod(out_modes), math.prod(in_modes))
-
-
 # Calibration of the stepwise strategy against the fused kernel, from
 # timings with forced paths on the 2-core CPU sandbox
 # (hidden 256 and 1024, batch 32, 100 steps, forced paths; see BENCHMARKS.md):
@@ -184,13 +125,20 @@ STEPWISE_MARGIN = 0.85
 U_CACHE_ELEMENTS = 1 << 19
 
 
+def _rebuild_plan(out_modes, in_modes, dims, tokens: int):
+    """:mod:`mpokit.contract`'s plan that merges all cores (rebuilds W) and runs one matmul."""
+    from .. import contract
+
+    plans = contract._all_plans(tuple(out_modes), tuple(in_modes), tuple(dims), int(tokens))
+    return next(p for p in plans if len(p.groups) == 1)
+
+
 def _apply_cost(out_modes, in_modes, dims, tokens: int, path: str, cached: bool) -> float:
     """Estimated cost (FLOPs + memory traffic) of ``x W^T`` for ``tokens`` rows via ``path``."""
     from .. import contract
 
     if path == "rebuild":
-        plans = contract._all_plans(tuple(out_modes), tuple(in_modes), tuple(dims), int(tokens))
-        plan = next(p for p in plans if len(p.groups) == 1)
+        plan = _rebuild_plan(out_modes, in_modes, dims, tokens)
     else:
         plan = contract.plan_apply(out_modes, in_modes, dims, tokens, contract_only=True, merged_cached=cached)
     return float(plan.estimated_cost(merged_cached=cached))
@@ -206,7 +154,7 @@ def lstm_cost(lstm, steps: int, batch: int, training: bool = True) -> dict:
     * ``dense`` (``nn.LSTM``): ``x W^T`` as one N-token matmul; ``h U^T`` likewise when U
       fits in cache (``U_CACHE_ELEMENTS``), else ``steps`` matmuls of ``batch`` rows each
       re-reading U;
-    * ``fused``: ``dense`` plus rebuilding W and U (:func:`rebuild_by_chain`; free when
+    * ``fused``: ``dense`` plus rebuilding W and U (:func:`mpokit.contract.rebuild`; free when
       not ``training``, as the rebuilt weights are then cached);
     * ``stepwise``: W contracted with all N tokens at once, or rebuilt + one matmul;
       U contracted per step (cores merged once per call, ``batch`` rows per step),
@@ -231,10 +179,12 @@ def lstm_cost(lstm, steps: int, batch: int, training: bool = True) -> dict:
     for name, m in lstm.weight_modules():
         out_modes, in_modes, dims = m.out_modes, m.in_modes, m.bond_dims
         rows, cols = m.shape
-        # rebuilt weights are cached when no gradient is needed (MPOModule.rebuild_weight)
-        rebuild = rebuild_by_chain_flops(out_modes, in_modes, dims) + contract.ALPHA * 2 * rows * cols if training else 0.0
-        acc["rebuild"] += rebuild
-        acc["rebuild_flops"] += rebuild_by_chain_flops(out_modes, in_modes, dims)
+        # rebuilding (contract.rebuild, cheapest merge tree); free when no gradient is needed,
+        # as MPOModule.rebuild_weight then caches the weight
+        plan = _rebuild_plan(out_modes, in_modes, dims, tokens)
+        rebuild = plan.estimated_cost(merged_cached=False) - plan.estimated_cost(merged_cached=True)
+        acc["rebuild"] += rebuild if training else 0.0
+        acc["rebuild_flops"] += plan.merge_flops
         if name.startswith("weight_ih"):
             dense = _apply_cost(out_modes, in_modes, dims, tokens, "rebuild", cached=True)
             acc["dense_ih"] += dense
