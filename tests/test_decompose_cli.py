@@ -4,6 +4,7 @@ transformers models saved to disk, plus one run on the real all-MiniLM-L6-v2."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -60,6 +61,10 @@ def test_decompose_command_float64_is_exact_and_reports_every_matrix(tiny_bert_d
     assert "| matrix |" in (out / "report.md").read_text()
     assert (out / "spectra.png").read_bytes()[:8] == PNG_MAGIC
     assert not list(out.glob(".*.tmp")), "temporary files left behind"
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("report.json", "report.md", "spectra.png"):  # not mkstemp's 0600
+        assert (out / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
 
 
 @pytest.mark.parametrize("flags", [["--max-bond", "3"], ["--rel-error", "0.3"], ["--n-cores", "3", "--gauge", "center"]])

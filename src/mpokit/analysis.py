@@ -224,13 +224,21 @@ def format_markdown(reports: Sequence[MatrixReport], settings: dict | None = Non
     return "\n".join(out) + "\n"
 
 
+def _publish(tmp: str, path: Path) -> None:
+    """Give a finished temporary file the usual permissions (mkstemp makes it 0600) and move it in place."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
+
+
 def _write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

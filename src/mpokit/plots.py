@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
-from .analysis import MatrixReport
+from .analysis import MatrixReport, _publish
 
 __all__ = ["plot_spectra"]
 
@@ -96,7 +96,7 @@ def plot_spectra(reports: Sequence[MatrixReport], path: str | os.PathLike, title
     os.close(fd)
     try:
         fig.savefig(tmp, format="png")
-        os.replace(tmp, out)
+        _publish(tmp, out)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
