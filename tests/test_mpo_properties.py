@@ -119,3 +119,17 @@ def test_symmetric_gauge_identities_hold_after_truncation(case, cap):
         left, right = left_block(mpo.cores, bond), right_block(mpo.cores, bond)
         assert torch.allclose(left.T @ left, torch.diag(s), atol=1e-10 * scale, rtol=0)
         assert torch.allclose(right @ right.T, torch.diag(s), atol=1e-10 * scale, rtol=0)
+
+
+@SETTINGS
+@given(st.integers(1, 300), st.integers(1, 300), st.integers(1, 5), st.sampled_from(GAUGES), st.integers(0, 2**31 - 1))
+def test_automatic_modes_and_padding(rows, cols, n_cores, gauge, seed):
+    w = torch.randn(rows, cols, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    mpo = MPO.from_matrix(w, n_cores=n_cores, gauge=gauge)
+    assert mpo.n_cores == n_cores and mpo.shape == (rows, cols)
+    padded_rows, padded_cols = mpo.padded_shape
+    assert rows <= padded_rows <= rows + max(1, math.ceil(rows * 0.02))
+    assert cols <= padded_cols <= cols + max(1, math.ceil(cols * 0.02))
+    assert float((mpo.to_matrix() - w).norm()) <= 1e-10 * float(w.norm())
+    cut = mpo.truncate(max_bond=2)
+    assert float((cut.to_matrix() - w).norm()) <= cut.error_bound + 1e-10 * float(w.norm())
