@@ -18,7 +18,11 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "decompose",
         help="MPO-decompose every weight matrix of a model; print a table, save a report and a plot",
-        description=__doc__.split("\n\n")[1].replace("\n", " "),
+        description=(
+            "MPO-decompose every Linear/Embedding weight matrix of a transformers model. Prints a per-matrix "
+            "table (shape, modes, bond dimensions, parameters, relative error, central-bond entropy) and writes "
+            "report.json, report.md and spectra.png (singular-value spectra and entropies per bond) into --out."
+        ),
     )
     parser.add_argument("--model", default=None, metavar="DIR",
                         help="a transformers model folder (save_pretrained); default: the installed all-MiniLM-L6-v2")
