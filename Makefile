@@ -10,6 +10,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.mpokit-installed
 DEMO_OUT ?= runs/demo
+PYTEST_ARGS ?=
 
 # Models and data come from installed packages; never reach a model hub.
 export HF_HUB_OFFLINE := 1
@@ -19,8 +20,8 @@ export TRANSFORMERS_OFFLINE := 1
 
 venv: $(STAMP)
 
-# Re-run the installs only when the dependency list changes.
-$(STAMP): pyproject.toml
+# Re-run the installs only when the dependency list (pyproject.toml or the lines below) changes.
+$(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 # torch first, pinned: a CPU wheel on local disk; an unpinned torch would pull a multi-GB CUDA build.
 	$(PIP) install -q torch==2.13.0
@@ -35,11 +36,12 @@ demo: venv
 	$(VENV)/bin/mpokit decompose --out $(DEMO_OUT)
 
 # pytest exits 5 when it collects no test; that is not a failure here.
+# A subset: make test PYTEST_ARGS="tests/test_mpo.py -x"
 test: venv
-	@$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; exit 0; fi; exit $$rc
+	@$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; exit 0; fi; exit $$rc
 
 test-slow: venv
-	@$(PY) -m pytest -q -m slow; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no slow tests collected"; exit 0; fi; exit $$rc
+	@$(PY) -m pytest -q -m slow $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no slow tests collected"; exit 0; fi; exit $$rc
 
 bench: venv
 	@set -e; for script in benchmarks/*.py; do echo "== $$script"; $(PY) $$script; done
