@@ -26,7 +26,8 @@ What is measured (float32 unless ``--dtype bf16``):
   the same bytes;
 * ``ctr/dense``: the cost model's FLOPs of the best pure contraction (merging
   allowed, no full rebuild) over dense FLOPs; ``plan``: the plan MPOLinear runs
-  in training (``R`` = rebuild, else merged groups and sweep order).
+  in training and in inference (``R`` = rebuild, else merged groups ``[first last]``
+  and the sweep order, ``L...`` left to right, ``R...L`` right to left).
 
 Usage: ``python benchmarks/bench_layers.py [--quick] [--threads N] [--device cpu|cuda] [--dtype fp32|bf16]``
 (``--quick``: 768->768 only, 512 tokens, 1x/16x/64x + one extra cap, 3 reps).
@@ -219,7 +220,7 @@ def bench_setting(in_f, out_f, tokens, cap, label, reps, device, dtype, peers=Tr
         module.eval()
         # peers can be 10-50x slower than dense: fewer repetitions when one call is long
         probe = _train(module, x, device)
-        n = reps if probe < 2.0 else 1
+        n = 1 if probe > 2.0 else reps if probe > 0.1 else 3 * reps
         t_ref, t_mod = alternate(_fwd, [dense, module], x, device, n)
         row[f"{name}_fwd"] = t_mod / t_ref
         t_ref, t_mod = alternate(_train, [dense, module], x, device, n)
@@ -239,7 +240,7 @@ def fmt(v, width=6, digits=2):
 def run(quick=False, reps=None, device="cpu", dtype="fp32", peers=True):
     device = torch.device(device)
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
-    reps = reps or 3
+    reps = reps or 3  # tripled for settings whose training step takes < 0.1 s
     settings = []
     for in_f, out_f in (SHAPES[:1] if quick else SHAPES):
         om, im = shapes.choose_modes(out_f, in_f, 5)
@@ -248,9 +249,9 @@ def run(quick=False, reps=None, device="cpu", dtype="fp32", peers=True):
         for tokens in (TOKENS[:1] if quick else TOKENS):
             for cap, label in caps:
                 settings.append((in_f, out_f, tokens, cap, label))
-    print(f"MPOLinear vs nn.Linear on {device} ({dtype}), {torch.get_num_threads()} thread(s), median of {reps}; "
+    print(f"MPOLinear vs nn.Linear on {device} ({dtype}), {torch.get_num_threads()} thread(s), median of {reps} (x3 when a training step takes < 0.1 s, 1 when > 2 s); "
           f"ratios = candidate / nn.Linear (time: below 1 is faster; mem: peak of a training step)")
-    head = (f"{'shape':>10} {'tok':>5} {'set':>5} {'cap':>4} {'fewer':>7} {'ctr/dn':>7} {'plan(train)':>14} |"
+    head = (f"{'shape':>10} {'tok':>5} {'set':>5} {'cap':>4} {'fewer':>7} {'ctr/dn':>7} {'plan(train)':>14} {'plan(fwd)':>14} |"
             f" {'mpo fwd':>7} {'f+b':>6} {'mem':>5} | {'tl fwd':>6} {'f+b':>6} {'r':>3} | {'tm fwd':>6} {'f+b':>6} {'r':>3}")
     print(head)
     rows = []
@@ -259,7 +260,7 @@ def run(quick=False, reps=None, device="cpu", dtype="fp32", peers=True):
         rows.append(r)
         print(
             f"{in_f:>4}->{out_f:<5} {tokens:>5} {label:>5} {cap:>4} {r['reduction']:>7.1f} {r['ctr_flops']:>7.2f} "
-            f"{r['plan_train']:>14} | {fmt(r.get('mpo_fwd'), 7)} {fmt(r.get('mpo_train'))} {fmt(r.get('mpo_mem'), 5)} | "
+            f"{r['plan_train']:>14} {r['plan_fwd']:>14} | {fmt(r.get('mpo_fwd'), 7)} {fmt(r.get('mpo_train'))} {fmt(r.get('mpo_mem'), 5)} | "
             f"{fmt(r.get('tltorch_fwd'))} {fmt(r.get('tltorch_train'))} {r.get('tltorch_rank', '-'):>3} | "
             f"{fmt(r.get('torch_mpo_fwd'))} {fmt(r.get('torch_mpo_train'))} {r.get('torch_mpo_rank', '-'):>3}"
             + (f"  [{r['torch_mpo_error']}]" if "torch_mpo_error" in r else "")
