@@ -94,6 +94,7 @@ def structure_manifest(model: nn.Module) -> list[dict]:
             entry["source_type"] = getattr(m, "source_type", "Linear")
         elif hasattr(m, "to_embedding"):
             entry["padding_idx"] = m.padding_idx
+            entry["source_padding_idx"] = getattr(m, "source_padding_idx", m.padding_idx)
             entry["source_type"] = "Embedding"
         else:
             raise TypeError(f"cannot save MPO module {name!r} of type {type(m).__name__}: only MPOLinear/MPOEmbedding")
@@ -144,6 +145,7 @@ def apply_structure(model: nn.Module, manifest: list[dict]) -> None:
             new = MPOEmbedding(num, dim, padding_idx=entry.get("padding_idx"), out_modes=tuple(entry["out_modes"]),
                                in_modes=tuple(entry["in_modes"]), bond_dim=list(entry["bond_dims"]) or None,
                                device=device, dtype=dtype, gauge=entry["gauge"])
+            new.source_padding_idx = entry.get("source_padding_idx", entry.get("padding_idx"))
         elif entry["class"] == "MPOTiedLinear":
             emb = model.get_submodule(entry["embedding"])
             bias = getattr(old, "bias", None) if entry["bias"] else None

@@ -355,7 +355,15 @@ def _to_mpo(module: nn.Module, tname: str, options: dict) -> tuple[nn.Module, to
         return layer, weight
     if MPOEmbedding is None:
         raise RuntimeError("MPOEmbedding is not available in mpokit.layers; cannot compress embeddings yet")
-    return MPOEmbedding.from_embedding(module, **options), module.weight.detach()
+    layer = MPOEmbedding.from_embedding(module, **options)
+    pad = module.padding_idx
+    if pad is not None and bool(module.weight[pad].detach().any()):
+        # MPOEmbedding zeroes the output at padding_idx (nn.Embedding's zero-initialised row); a pre-trained
+        # table can hold a non-zero padding row (all-MiniLM-L6-v2 does), which nn.Embedding returns as is.
+        # Keep that behaviour: no masking, and remember the index for merge_and_unload.
+        layer.padding_idx = None
+    layer.source_padding_idx = pad
+    return layer, module.weight.detach()
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
@@ -550,6 +558,9 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
                 dense = conv
         elif hasattr(m, "to_embedding"):
             dense = m.to_embedding()
+            pad = getattr(m, "source_padding_idx", m.padding_idx)
+            if pad is not None and m.padding_idx is None:
+                dense.padding_idx = pad  # the row keeps its (non-zero) value, as in the original table
         else:
             continue
         dense_of[id(m)] = dense

@@ -1,0 +1,122 @@
+"""save_pretrained / from_pretrained: identical outputs, safetensors + JSON only, clear errors for broken checkpoints."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from _plm_models import logits, tiny_inputs, tiny_model
+from mpokit.config import MPOConfig, MPOLayerConfig
+from mpokit.io import MPO_CONFIG_NAME, WEIGHTS_NAME, CheckpointError, from_pretrained, save_pretrained
+from mpokit.surgery import MPOTiedLinear, compress, mpo_modules
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+@pytest.fixture(scope="module")
+def saved_bert(tmp_path_factory):
+    model = tiny_model("bert")
+    cfg = MPOConfig(attention=MPOLayerConfig(max_bond=3), ffn=MPOLayerConfig(param_ratio=0.5), train_layernorm=False)
+    compress(model, cfg)
+    folder = tmp_path_factory.mktemp("bert_ckpt")
+    save_pretrained(model, folder)
+    return model, folder
+
+
+def test_save_load_gives_identical_outputs_structure_and_flags(saved_bert):
+    model, folder = saved_bert
+    assert sorted(os.listdir(folder)) == sorted([WEIGHTS_NAME, MPO_CONFIG_NAME, "config.json"])  # no pickle, no temp files
+    loaded = from_pretrained(folder)
+    inputs = tiny_inputs()
+    assert torch.equal(logits(loaded, inputs), logits(model, inputs))
+    assert [(n, m.bond_dims, m.out_modes, m.in_modes) for n, m in mpo_modules(loaded)] == [
+        (n, m.bond_dims, m.out_modes, m.in_modes) for n, m in mpo_modules(model)]
+    assert {n for n, p in loaded.named_parameters() if p.requires_grad} == {
+        n for n, p in model.named_parameters() if p.requires_grad}
+    assert loaded.mpo_config == model.mpo_config
+    assert not loaded.training
+
+
+def test_tied_gpt2_round_trip_keeps_the_tie(tmp_path):
+    model = compress(tiny_model("gpt2"), MPOConfig(ffn=MPOLayerConfig(max_bond=4)))
+    save_pretrained(model, tmp_path)
+    meta = json.loads((tmp_path / MPO_CONFIG_NAME).read_text())
+    assert any(e["class"] == "MPOTiedLinear" for e in meta["modules"])
+    loaded = from_pretrained(tmp_path)
+    assert isinstance(loaded.lm_head, MPOTiedLinear) and loaded.lm_head.embedding is loaded.transformer.wte
+    assert type(loaded.transformer.h[0].mlp.c_fc).__name__ == "MPOLinear"
+    assert loaded.transformer.h[0].mlp.c_fc.source_type == "Conv1D"
+    inputs = tiny_inputs()
+    assert torch.equal(logits(loaded, inputs), logits(model, inputs))
+
+
+def test_uncompressed_model_round_trip(tmp_path):
+    model = tiny_model("distilbert")
+    save_pretrained(model, tmp_path)
+    inputs = tiny_inputs()
+    assert torch.equal(logits(from_pretrained(tmp_path), inputs), logits(model, inputs))
+
+
+def _copy(folder, tmp_path):
+    dst = tmp_path / "ckpt"
+    dst.mkdir()
+    for name in os.listdir(folder):
+        (dst / name).write_bytes((folder / name).read_bytes())
+    return dst
+
+
+def test_truncated_weights_raise_clear_error(saved_bert, tmp_path):
+    folder = _copy(saved_bert[1], tmp_path)
+    data = (folder / WEIGHTS_NAME).read_bytes()
+    (folder / WEIGHTS_NAME).write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"model.safetensors is truncated"):
+        from_pretrained(folder)
+
+
+def test_corrupted_byte_raises_clear_error(saved_bert, tmp_path):
+    folder = _copy(saved_bert[1], tmp_path)
+    data = bytearray((folder / WEIGHTS_NAME).read_bytes())
+    data[len(data) - 10] ^= 0x01  # one flipped bit inside a tensor
+    (folder / WEIGHTS_NAME).write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"model.safetensors is corrupt: SHA-256"):
+        from_pretrained(folder)
+
+
+def test_corrupt_or_missing_description_raises(saved_bert, tmp_path):
+    folder = _copy(saved_bert[1], tmp_path)
+    (folder / MPO_CONFIG_NAME).write_text('{"format": "mpokit", "format_')
+    with pytest.raises(CheckpointError, match="is corrupt \\(not valid JSON"):
+        from_pretrained(folder)
+    (folder / MPO_CONFIG_NAME).unlink()
+    with pytest.raises(CheckpointError, match="is not an mpokit checkpoint"):
+        from_pretrained(folder)
+
+
+def test_mismatched_config_raises(saved_bert, tmp_path):
+    folder = _copy(saved_bert[1], tmp_path)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["num_hidden_layers"] = 1  # weights of layer 1 now have nowhere to go
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="does not match|no such module"):
+        from_pretrained(folder)
+    cfg["num_hidden_layers"] = 2
+    cfg["intermediate_size"] = 40  # FFN shapes differ from the saved cores / biases
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="do not match the config|does not match"):
+        from_pretrained(folder)
+
+
+def test_save_is_atomic_overwrite(saved_bert, tmp_path):
+    model, _ = saved_bert
+    save_pretrained(model, tmp_path)
+    from safetensors.torch import load_file
+
+    first = load_file(str(tmp_path / WEIGHTS_NAME))
+    save_pretrained(model, tmp_path)  # overwrite in place via os.replace
+    second = load_file(str(tmp_path / WEIGHTS_NAME))
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    from_pretrained(tmp_path)  # size and checksum recorded for the new file
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+    with pytest.raises(TypeError, match="needs a transformers model"):
+        save_pretrained(torch.nn.Linear(2, 2), tmp_path)
