@@ -60,6 +60,7 @@ def test_factorize_properties(size, n):
 
 @pytest.mark.parametrize("size, n", [(0, 5), (-3, 5), (768, 0), (7.5, 2), (True, 2), (768, 2.0)])
 def test_factorize_bad_input(size, n):
+    factorize(1, 2), factorize(768, 5), factorize(768, 2)  # cached valid calls must not answer for bad ones
     with pytest.raises(ValueError) as info:
         factorize(size, n)
     assert repr(size if not isinstance(size, int) or size < 1 or isinstance(size, bool) else n) in str(info.value)

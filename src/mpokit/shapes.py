@@ -57,7 +57,7 @@ def _balanced_split(size: int, n: int) -> tuple[int, ...] | None:
     return tuple(sorted(bins))
 
 
-@lru_cache(maxsize=1024)
+@lru_cache(maxsize=1024, typed=True)  # typed: a cached 1 must not answer for True, nor 768 for 768.0
 def factorize(size: int, n: int, max_padding: float = 0.02) -> tuple[int, ...]:
     """Balanced factorisation of ``size`` into ``n`` modes, ascending.
 
