@@ -5,7 +5,13 @@ from .mpo import GAUGES, MPO, rebuild_matrix
 from .shapes import choose_modes, factorize, full_bond_dims
 from .layers.lstm import MPOLSTM
 from .layers import MPOEmbedding, MPOLinear, MPOModule
+from .config import MPOConfig, MPOLayerConfig
+from .surgery import compress, mark_trainable, merge_and_unload, print_trainable_parameters
+from .io import from_pretrained, save_pretrained
+from .finetune import FinetuneConfig, build_optimizer, finetune
 
 __version__ = "0.1.0"
 
-__all__ = ["MPO", "GAUGES", "rebuild_matrix", "decompose_model", "MatrixReport", "factorize", "choose_modes", "full_bond_dims", "MPOLSTM", "MPOLinear", "MPOEmbedding", "MPOModule", "__version__"]
+__all__ = ["MPO", "GAUGES", "rebuild_matrix", "decompose_model", "MatrixReport", "factorize", "choose_modes", "full_bond_dims", "MPOLSTM", "MPOLinear", "MPOEmbedding", "MPOModule", "__version__",
+           "MPOConfig", "MPOLayerConfig", "compress", "mark_trainable", "merge_and_unload", "print_trainable_parameters",
+           "save_pretrained", "from_pretrained", "build_optimizer", "finetune", "FinetuneConfig"]
