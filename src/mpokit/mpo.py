@@ -453,7 +453,7 @@ class MPO:
                 continue
             v = p / total
             v = v[v > 0]
-            out.append(float(-(v * v.log()).sum()))
+            out.append(max(0.0, float(-(v * v.log()).sum())))
         return out
 
     def _dims_for_max_params(self, max_params: int) -> list[int]:
@@ -565,10 +565,16 @@ def _check_matrix(matrix) -> None:
 
 def _check_cores(cores: Sequence[torch.Tensor]) -> None:
     if len(cores) == 0:
-        raise ValueError("an MPO needs at least one core of shape (d_{k-1}, i_k, j_k, d_k)")
+        raise ValueError(
+            "an MPO needs at least one core of shape (d_{k-1}, i_k, j_k, d_k), got none; "
+            "e.g. MPO.from_matrix(torch.randn(768, 768)).cores"
+        )
     for k, c in enumerate(cores):
         if c.dim() != 4:
-            raise ValueError(f"core {k} has shape {tuple(c.shape)}; cores must be 4-D (d_{{k-1}}, i_k, j_k, d_k)")
+            raise ValueError(
+                f"core {k} has shape {tuple(c.shape)}; cores must be 4-D (d_{{k-1}}, i_k, j_k, d_k), "
+                f"e.g. (12, 4, 4, 192)"
+            )
     if cores[0].shape[0] != 1 or cores[-1].shape[3] != 1:
         raise ValueError(
             f"the outer bonds must be 1, got d_0={cores[0].shape[0]} and d_n={cores[-1].shape[3]}; "
@@ -578,7 +584,8 @@ def _check_cores(cores: Sequence[torch.Tensor]) -> None:
         if cores[k].shape[3] != cores[k + 1].shape[0]:
             raise ValueError(
                 f"bond {k} does not match: core {k} ends with {cores[k].shape[3]} but core {k + 1} starts with "
-                f"{cores[k + 1].shape[0]}; neighbouring cores must share their bond dimension"
+                f"{cores[k + 1].shape[0]}; neighbouring cores must share their bond dimension, "
+                f"e.g. core {k} (.., .., .., 12) followed by core {k + 1} (12, .., .., ..)"
             )
 
 
