@@ -12,7 +12,8 @@ Presets (1 thread of the 2-core CPU sandbox; wall-clock measured or extrapolated
 times in runs.csv):
 
 * ``tiny``: 512 sentences, hidden 64, 1 rate, 1 seed -- the unit test (seconds);
-* ``smoke``: 2,000 sentences, hidden 256, 2 epochs, rates 10 and 100, seed 0 (about a minute);
+* ``smoke``: 2,000 sentences, hidden 256, 2 epochs, rates 10 and 100, seed 0 (5 runs; 1-4 min
+  depending on the sandbox's load);
 * ``small``: 4,000 train sentences (full validation / test), 3 epochs, rates 10/50/100, 3 seeds
   (21 runs; about 30 s per epoch on a shared, loaded 2-core sandbox, ~35 min in all);
 * ``full``: all sentences, 10 epochs, the paper's eight rates, 5 seeds (85 runs x 10 epochs; an

@@ -14,7 +14,7 @@ Presets (1 thread of the 2-core CPU sandbox: ~4,000 training tokens/s for the de
 machine is idle, ~1,100 when it is shared):
 
 * ``tiny``: 4k training tokens, hidden 64, eval on 2k tokens -- the unit test (seconds);
-* ``smoke``: 20k training tokens, 1 epoch, 10k eval tokens, rate 10, seed 0 (about a minute);
+* ``smoke``: 20k training tokens, 1 epoch, 10k eval tokens, rate 10, seed 0 (3 runs; 39 s measured);
 * ``small``: the first 40k training tokens, 2 epochs, the first 20k tokens of valid / test, rates
   10/50/100, 3 seeds (21 runs, ~85 s each on a shared, loaded 2-core sandbox: ~30 min). Far too
   little training for literature perplexities (~100): it compares methods at one tiny budget;
