@@ -32,7 +32,6 @@ import io
 import json
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -41,6 +40,8 @@ import torch
 from torch import nn
 
 from . import shapes
+from .io import atomic_write_bytes as _atomic_write_bytes
+from .io import atomic_write_text as _atomic_write_text
 from .layers.base import MPOModule
 
 __all__ = [
@@ -469,25 +470,6 @@ def finetune(
 # ---------------------------------------------------------------------------
 # checkpoints (safetensors + JSON, atomic)
 # ---------------------------------------------------------------------------
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    _atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def _save_model(model: nn.Module, path: Path) -> None:
