@@ -23,13 +23,13 @@ times in runs.csv):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from .lstm_common import METHODS, PAPER_RATES, Timer, build_lstm, dense_parameters, make_optimizers, lstm_weight_count, model_param_count, set_seed
+from .lstm_common import METHODS, PAPER_RATES, Timer, build_lstm, dense_parameters, make_optimizers, preset_config, run_record, set_seed
 from .lstm_runner import eligible_from_epoch, run_experiment
 
 
@@ -185,17 +185,7 @@ def train_one(cfg: ClassifyConfig, data: ClassifyData, method: str, rate: float,
                 best = (valid, test, epoch)
     if pruner is not None and not pruner.finished():  # internal invariant: the schedule ends within training
         raise AssertionError(f"pruning kept {pruner.kept()} weights, more than the budget {pruner.final_nonzeros}")
-    k = max(1, min(10, len(losses) // 4))
-    weights = lstm_weight_count(model.lstm)
-    return {
-        "task": "classify", "preset": cfg.preset, "method": method, "rate": rate, "seed": seed,
-        "metric_name": "accuracy", "metric_valid": best[0], "metric_test": best[1], "best_epoch": best[2],
-        "epochs": cfg.epochs, "first_loss": sum(losses[:k]) / k, "last_loss": sum(losses[-k:]) / k,
-        "lstm_dense_weights": build.dense_weights, "lstm_weights": weights,
-        "achieved_rate": build.dense_weights / weights, "model_params": model_param_count(model),
-        "bond_dims": build.bond_dims(), "sparsity": 1.0 - weights / build.dense_weights,
-        "train_s_per_epoch": sum(train_s) / len(train_s), "infer_s_per_epoch": sum(infer_s) / len(infer_s),
-    }
+    return run_record("classify", "accuracy", cfg, method, rate, seed, best, losses, model, build, train_s, infer_s)
 
 
 def run_classification(cfg: ClassifyConfig, out_dir, *, progress: bool = True, resume: bool = False, command: str | None = None):
@@ -206,6 +196,4 @@ def run_classification(cfg: ClassifyConfig, out_dir, *, progress: bool = True, r
 
 def config_from_preset(preset: str, **overrides) -> ClassifyConfig:
     """A preset with some fields replaced (``None`` values are ignored)."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose from {tuple(PRESETS)}, e.g. 'smoke'")
-    return replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
+    return preset_config(PRESETS, preset, **overrides)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import torch
@@ -159,3 +159,26 @@ class Timer:
     def __exit__(self, *exc):
         self.seconds = time.perf_counter() - self._t0
         return False
+
+
+def run_record(task: str, metric_name: str, cfg, method: str, rate: float, seed: int, best: tuple, losses: Sequence[float],
+               model: nn.Module, build: LSTMBuild, train_s: Sequence[float], infer_s: Sequence[float]) -> dict:
+    """One row of ``runs.csv``: the best (valid, test, epoch), loss trend, weight counts and times per epoch."""
+    k = max(1, min(10, len(losses) // 4))
+    weights = lstm_weight_count(model.lstm)
+    return {
+        "task": task, "preset": cfg.preset, "method": method, "rate": rate, "seed": seed,
+        "metric_name": metric_name, "metric_valid": best[0], "metric_test": best[1], "best_epoch": best[2],
+        "epochs": cfg.epochs, "first_loss": sum(losses[:k]) / k, "last_loss": sum(losses[-k:]) / k,
+        "lstm_dense_weights": build.dense_weights, "lstm_weights": weights,
+        "achieved_rate": build.dense_weights / weights, "model_params": model_param_count(model),
+        "bond_dims": build.bond_dims(), "sparsity": 1.0 - weights / build.dense_weights,
+        "train_s_per_epoch": sum(train_s) / len(train_s), "infer_s_per_epoch": sum(infer_s) / len(infer_s),
+    }
+
+
+def preset_config(presets: dict, preset: str, **overrides):
+    """A preset with some fields replaced (``None`` values are ignored)."""
+    if preset not in presets:
+        raise ValueError(f"unknown preset {preset!r}; choose from {tuple(presets)}, e.g. 'smoke'")
+    return replace(presets[preset], **{k: v for k, v in overrides.items() if v is not None})

@@ -26,12 +26,12 @@ machine is idle, ~1,100 when it is shared):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .lstm_common import METHODS, PAPER_RATES, Timer, build_lstm, dense_parameters, make_optimizers, lstm_weight_count, model_param_count, set_seed
+from .lstm_common import METHODS, PAPER_RATES, Timer, build_lstm, dense_parameters, make_optimizers, preset_config, run_record, set_seed
 from .lstm_runner import eligible_from_epoch, run_experiment
 
 
@@ -189,17 +189,7 @@ def train_one(cfg: LMConfig, data: LMData, method: str, rate: float, seed: int, 
                 best = (valid, test, epoch)
     if pruner is not None and not pruner.finished():
         raise AssertionError(f"pruning kept {pruner.kept()} weights, more than the budget {pruner.final_nonzeros}")
-    k = max(1, min(10, len(losses) // 4))
-    weights = lstm_weight_count(model.lstm)
-    return {
-        "task": "lm", "preset": cfg.preset, "method": method, "rate": rate, "seed": seed,
-        "metric_name": "perplexity", "metric_valid": best[0], "metric_test": best[1], "best_epoch": best[2],
-        "epochs": cfg.epochs, "first_loss": sum(losses[:k]) / k, "last_loss": sum(losses[-k:]) / k,
-        "lstm_dense_weights": build.dense_weights, "lstm_weights": weights,
-        "achieved_rate": build.dense_weights / weights, "model_params": model_param_count(model),
-        "bond_dims": build.bond_dims(), "sparsity": 1.0 - weights / build.dense_weights,
-        "train_s_per_epoch": sum(train_s) / len(train_s), "infer_s_per_epoch": sum(infer_s) / len(infer_s),
-    }
+    return run_record("lm", "perplexity", cfg, method, rate, seed, best, losses, model, build, train_s, infer_s)
 
 
 def run_language_model(cfg: LMConfig, out_dir, *, progress: bool = True, resume: bool = False, command: str | None = None):
@@ -210,6 +200,4 @@ def run_language_model(cfg: LMConfig, out_dir, *, progress: bool = True, resume:
 
 def config_from_preset(preset: str, **overrides) -> LMConfig:
     """A preset with some fields replaced (``None`` values are ignored)."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose from {tuple(PRESETS)}, e.g. 'smoke'")
-    return replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
+    return preset_config(PRESETS, preset, **overrides)
