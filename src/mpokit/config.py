@@ -27,6 +27,12 @@ Training
     head (outside ``model.base_model``) > LayerNorm/RMSNorm > bias > embedding
     (dense ``nn.Embedding``, e.g. position/type) > other dense weights; each
     category has a ``train_*`` flag.
+
+Memory
+    ``recompute`` (default True): MPO layers do not keep the intermediates of
+    rebuilding their matrix for backward, they recompute them (one extra
+    rebuild per step; see :meth:`mpokit.layers.MPOModule.run_recomputed`).
+    Fine-tuning memory then stays below dense fine-tuning's.
 """
 
 from __future__ import annotations
@@ -179,6 +185,7 @@ class MPOConfig:
     train_embeddings: bool = True
     train_head: bool = True
     train_other: bool = True
+    recompute: bool = True
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
@@ -209,7 +216,7 @@ class MPOConfig:
                 f"trainable must be one of {TRAINABLE_CHOICES}, got {self.trainable!r}; "
                 "e.g. trainable='auxiliary' (MPOP lightweight fine-tuning)"
             )
-        for name in ("train_biases", "train_layernorm", "train_embeddings", "train_head", "train_other"):
+        for name in ("train_biases", "train_layernorm", "train_embeddings", "train_head", "train_other", "recompute"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if not _is_int(self.version) or self.version > CONFIG_VERSION or self.version < 1:

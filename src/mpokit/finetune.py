@@ -295,14 +295,25 @@ LORA_TARGETS_BERT = ("query", "key", "value", "attention.output.dense", "interme
 
 def build_model(method: str, model_path: str | None = None, *, num_labels: int = 2, seed: int = 0,
                 param_ratio: float | None = None, max_bond: int | None = None, lora_rank: int = 8,
-                lora_alpha: float | None = None):
+                lora_alpha: float | None = None, init_from: str | None = None):
     """``(model, tokenizer, info)`` for ``method`` in :data:`METHODS`; ``info`` holds the compression report if any.
 
     The classification head is initialised after ``torch.manual_seed(seed)``, so
     every method starts from the same head for a given seed.
+
+    ``init_from`` (``method="mpo-lfa"`` only): a folder written by
+    :func:`mpokit.save_pretrained` (e.g. by ``mpokit finetune --compress-only``)
+    holding an already compressed model. It is loaded instead of compressing
+    again, and its head is re-initialised from ``seed`` exactly as a fresh
+    model's would be. Compressing once and fine-tuning many times keeps the
+    decomposition's LAPACK workspaces out of the fine-tuning process.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}; e.g. method='mpo-lfa'")
+    if init_from is not None:
+        if method != "mpo-lfa":
+            raise ValueError(f"init_from applies to method='mpo-lfa' only, got method={method!r}")
+        return _load_compressed(init_from, seed)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -339,6 +350,50 @@ def build_model(method: str, model_path: str | None = None, *, num_labels: int =
     return model, tokenizer, info
 
 
+def _load_compressed(directory: str, seed: int):
+    """(model, tokenizer, info) from an mpokit checkpoint, with the head re-initialised from ``seed``."""
+    from transformers import AutoTokenizer
+
+    from .io import CheckpointError, from_pretrained
+
+    model = from_pretrained(directory)
+    if getattr(model, "mpo_config", None) is None:
+        raise CheckpointError(f"{directory} holds no MPO model (no mpo_config); write one with --compress-only")
+    reinit_head(model, seed)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{directory} has no tokenizer files ({e}); save it with save_pretrained(..., tokenizer=)") from None
+    report = getattr(model, "mpo_report", None)
+    info: dict[str, Any] = {"model_path": str(directory), "init_from": str(directory), "compress_seconds": 0.0}
+    if report is not None:
+        info["report"] = report
+    return model.train(), tokenizer, info
+
+
+def reinit_head(model: nn.Module, seed: int) -> list[str]:
+    """Re-initialise the task head (the top-level modules outside ``model.base_model``) after ``manual_seed(seed)``.
+
+    Uses the model's own ``_init_weights``, in module order, so the head equals
+    the one ``from_pretrained`` draws for a new task after the same seed.
+    Returns the names of the re-initialised modules.
+    """
+    base = getattr(model, "base_model", None)
+    init = getattr(model, "_init_weights", None)
+    if base is None or base is model or init is None:
+        raise ValueError(f"{type(model).__name__} has no separate base_model / _init_weights: no task head to re-initialise")
+    torch.manual_seed(seed)
+    names = []
+    for name, child in model.named_children():
+        if child is base or not any(True for _ in child.parameters()):
+            continue
+        with torch.no_grad():
+            for sub in child.modules():
+                init(sub)
+        names.append(name)
+    return names
+
+
 # ---------------------------------------------------------------------------
 # the job
 # ---------------------------------------------------------------------------
@@ -367,6 +422,8 @@ class FinetuneConfig:
     param_ratio: float | None = None
     max_bond: int | None = None
     lora_rank: int = 8
+    init_from: str | None = None  # mpo-lfa: start from this compressed checkpoint (see build_model)
+    compress_only: bool = False  # mpo-lfa: compress, save to output_dir/compressed, and stop
     max_grad_norm: float = 1.0
     max_steps_per_epoch: int | None = None
     resume: bool = False
@@ -389,8 +446,12 @@ class FinetuneConfig:
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):
                 raise ValueError(f"{name} must be an int >= 1 or None (all), got {v!r}")
-        if self.param_ratio is not None and self.method != "mpo-lfa":
-            raise ValueError(f"param_ratio applies to method='mpo-lfa' only, got method={self.method!r}")
+        for name in ("param_ratio", "init_from", "compress_only"):
+            if getattr(self, name) and self.method != "mpo-lfa":
+                raise ValueError(f"{name} applies to method='mpo-lfa' only, got method={self.method!r}")
+        if self.init_from is not None and (self.param_ratio is not None or self.max_bond is not None):
+            raise ValueError("init_from loads an already compressed model: drop param_ratio / max_bond "
+                             f"(got param_ratio={self.param_ratio!r}, max_bond={self.max_bond!r})")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}; e.g. 0.06")
 
@@ -537,7 +598,9 @@ def finetune(config: FinetuneConfig | None = None, **overrides) -> dict[str, Any
     out = Path(config.output_dir)
     model, tokenizer, info = build_model(config.method, config.model_path, seed=config.seed,
                                          param_ratio=config.param_ratio, max_bond=config.max_bond,
-                                         lora_rank=config.lora_rank)
+                                         lora_rank=config.lora_rank, init_from=config.init_from)
+    if config.compress_only:
+        return _compress_only(model, tokenizer, info, out, accelerator)
     data = load_rotten_tomatoes_for(
         tokenizer, max_length=config.max_length, batch_size=config.batch_size, eval_batch_size=config.eval_batch_size,
         train_size=config.train_size, validation_size=config.validation_size, test_size=config.test_size,
@@ -643,6 +706,25 @@ def finetune(config: FinetuneConfig | None = None, **overrides) -> dict[str, Any
             accelerator.print("\n" + _markdown(report))
     accelerator.print(f"[{config.method}] test accuracy {test['accuracy']:.4f} (best epoch {best['epoch']}); "
                       f"report: {out / 'report.md'}")
+    return report
+
+
+def _compress_only(model, tokenizer, info: dict, out: Path, accelerator) -> dict[str, Any]:
+    """Save the compressed model to ``out/compressed`` (for ``init_from``) with a small report."""
+    from .io import atomic_write_text, save_pretrained
+
+    report: dict[str, Any] = {"compressed_dir": str(out / "compressed"), "compress_seconds": info.get("compress_seconds"),
+                              "total_params": count_parameters(model),
+                              "trainable_params": count_parameters(model, trainable_only=True)}
+    if accelerator.is_main_process:
+        save_pretrained(model, out / "compressed", tokenizer=tokenizer)
+        rep = info.get("report")
+        if rep is not None:
+            report["compression_table"] = rep.table()
+        atomic_write_text(out / "compress_report.json", json.dumps(report, indent=2, default=str))
+    accelerator.print(f"compressed model saved to {out / 'compressed'} "
+                      f"(#To {report['total_params']:,}, #Ft {report['trainable_params']:,}); "
+                      f"fine-tune it with --init-from {out / 'compressed'}")
     return report
 
 

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .config import MPOConfig
-from .surgery import MPOTiedLinear, _set_submodule, mpo_modules
+from .surgery import MPOTiedLinear, _set_submodule, mpo_modules, set_recompute
 
 __all__ = ["save_pretrained", "from_pretrained", "CheckpointError", "atomic_write_bytes", "atomic_write_text",
            "structure_manifest", "apply_structure", "WEIGHTS_NAME", "MPO_CONFIG_NAME"]
@@ -300,6 +300,7 @@ def from_pretrained(directory: str | os.PathLike, *, device=None, dtype=None) ->
         )
     if meta.get("mpo_config") is not None:
         model.mpo_config = MPOConfig.from_dict(meta["mpo_config"])
+        set_recompute(model, model.mpo_config.recompute)
     trainable = set(meta.get("trainable", []))
     for name, p in model.named_parameters():
         p.requires_grad_(name in trainable)

@@ -43,6 +43,7 @@ __all__ = [
     "find_targets",
     "merge_and_unload",
     "mark_trainable",
+    "set_recompute",
     "parameter_roles",
     "mpo_modules",
     "count_parameters",
@@ -428,6 +429,7 @@ def compress(model: nn.Module, config: MPOConfig | None = None, *, return_report
     model.mpo_config = config
     model.mpo_report = report
     mark_trainable(model, config)
+    set_recompute(model, config.recompute)
     return (model, report) if return_report else model
 
 
@@ -484,6 +486,14 @@ def _trainable_by_role(config: MPOConfig) -> dict[str, bool]:
         "embedding": config.train_embeddings,
         "other": config.train_other,
     }
+
+
+def set_recompute(model: nn.Module, recompute: bool) -> int:
+    """Set ``recompute`` on every MPO layer of ``model`` (see :class:`MPOConfig`); returns how many."""
+    layers = [m for m in model.modules() if isinstance(m, MPOModule)]
+    for m in layers:
+        m.recompute = bool(recompute)
+    return len(layers)
 
 
 def mark_trainable(model: nn.Module, config: MPOConfig | str | None = None) -> dict[str, int]:

@@ -42,6 +42,10 @@ def register(subparsers) -> argparse.ArgumentParser:
                         help="mpo-lfa: truncate each encoder matrix to this fraction of its dense parameters")
     budget.add_argument("--max-bond", type=int, default=None, help="mpo-lfa: cap encoder bond dimensions")
     p.add_argument("--lora-rank", type=int, default=8)
+    p.add_argument("--compress-only", action="store_true",
+                   help="mpo-lfa: compress, save to --out/compressed and stop (fine-tune later with --init-from)")
+    p.add_argument("--init-from", default=None, metavar="DIR",
+                   help="mpo-lfa: start from a compressed model saved by --compress-only (head re-drawn from --seed)")
     p.add_argument("--max-steps-per-epoch", type=int, default=None)
     p.add_argument("--resume", action="store_true", help="continue from --out/last if it exists")
     p.add_argument("--no-checkpoints", action="store_true",
@@ -61,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         mpo_lr=args.mpo_lr, weight_decay=args.weight_decay, batch_size=args.batch_size, max_length=args.max_length,
         train_size=args.train_size, validation_size=args.validation_size, test_size=args.test_size, seed=args.seed,
         split_seed=args.split_seed, param_ratio=args.param_ratio, max_bond=args.max_bond, lora_rank=args.lora_rank,
+        init_from=args.init_from, compress_only=args.compress_only,
         max_steps_per_epoch=args.max_steps_per_epoch, resume=args.resume, cpu=args.cpu,
         save_best=not args.no_checkpoints, save_last=not args.no_checkpoints, num_threads=args.threads,
         progress=not args.no_progress,

@@ -98,6 +98,7 @@ class MPOModule(nn.Module):
         self.error_bound = 0.0  # accumulated bound on ||W_original - W||_F from decomposition and truncations
         self.cores = nn.ParameterList([nn.Parameter(c.clone().contiguous()) for c in cores])
         self._cache: dict[str, tuple[tuple, object]] = {}
+        self.recompute = False  # see run_recomputed; mpokit.compress turns it on (MPOConfig.recompute)
 
     # -- structure -------------------------------------------------------------
 
@@ -224,9 +225,25 @@ class MPOModule(nn.Module):
         self._cache[name] = (key, value)
         return value
 
+    def run_recomputed(self, fn, *args):
+        """``fn(*args)``; with ``self.recompute`` and a graph to the cores, its intermediates are not kept.
+
+        Autograd then saves only ``fn``'s inputs and recomputes the rest in
+        backward (``torch.utils.checkpoint``, non-reentrant): rebuilding ``W``
+        saves merge intermediates as large as ``W`` itself, which dominate
+        fine-tuning memory at small batches, while recomputing costs one more
+        rebuild. Same values and gradients either way.
+        """
+        if (self.recompute and torch.is_grad_enabled() and not torch.compiler.is_compiling()
+                and any(p.requires_grad for p in self.cores)):
+            from torch.utils.checkpoint import checkpoint
+
+            return checkpoint(fn, *args, use_reentrant=False)
+        return fn(*args)
+
     def rebuild_weight(self) -> torch.Tensor:
         """``W`` of shape ``shape`` (padding sliced off), differentiable; cached when no graph is needed."""
-        return self.cached("weight", lambda: self._rebuild_uncached().contiguous())
+        return self.cached("weight", lambda: self.run_recomputed(lambda: self._rebuild_uncached().contiguous()))
 
     def _rebuild_uncached(self) -> torch.Tensor:
         full = rebuild(list(self.cores))  # (I_padded, J_padded)

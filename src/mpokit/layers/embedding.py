@@ -99,7 +99,51 @@ def lookup_rows(cores: Sequence[torch.Tensor], rows: torch.Tensor, split: int | 
     prefix = torch.div(rows, I_R, rounding_mode="floor")  # (N,)
     suffix = rows - prefix * I_R  # (N,)
     # (N, J_L, d) @ (N, d, J_R) -> (N, J_L, J_R) = (N, J)
-    return torch.bmm(left.index_select(0, prefix), right.index_select(0, suffix)).reshape(N, J_L * J_R)
+    return _RowProducts.apply(left, right, prefix, suffix).reshape(N, J_L * J_R)
+
+
+GATHER_CHUNK_ELEMENTS = 1 << 22  # gathered halves per chunk (16 MiB in float32)
+
+
+def _chunks(n_rows: int, left: torch.Tensor, right: torch.Tensor):
+    per_row = left.shape[1] * left.shape[2] + right.shape[1] * right.shape[2]
+    step = max(1, GATHER_CHUNK_ELEMENTS // max(per_row, 1))
+    return ((s, min(s + step, n_rows)) for s in range(0, n_rows, step))
+
+
+class _RowProducts(torch.autograd.Function):
+    """``out[r] = left[prefix[r]] @ right[suffix[r]]``: (I_L, J_L, d), (I_R, d, J_R) -> (N, J_L, J_R).
+
+    Gathers the halves a chunk of rows at a time and saves only the two half
+    tables and the indices for backward, so memory stays ``O(chunk)`` instead of
+    the ``N (J_L d + d J_R)`` elements a plain ``index_select`` + ``bmm`` keeps
+    alive until backward. Gradients are scattered back with ``index_add_``.
+    """
+
+    @staticmethod
+    def forward(ctx, left, right, prefix, suffix):
+        ctx.save_for_backward(left, right, prefix, suffix)
+        parts = [torch.bmm(left.index_select(0, prefix[s:e]), right.index_select(0, suffix[s:e]))
+                 for s, e in _chunks(prefix.shape[0], left, right)]
+        if not parts:
+            return left.new_zeros(0, left.shape[1], right.shape[2])
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):  # grad (N, J_L, J_R)
+        left, right, prefix, suffix = ctx.saved_tensors
+        want_left, want_right = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_left = torch.zeros_like(left) if want_left else None
+        grad_right = torch.zeros_like(right) if want_right else None
+        grad = grad.to(left.dtype)
+        for s, e in _chunks(prefix.shape[0], left, right):
+            g = grad[s:e]
+            if want_left:  # (c, J_L, J_R) @ (c, J_R, d)
+                grad_left.index_add_(0, prefix[s:e], torch.bmm(g, right.index_select(0, suffix[s:e]).transpose(1, 2)))
+            if want_right:  # (c, d, J_L) @ (c, J_L, J_R)
+                grad_right.index_add_(0, suffix[s:e], torch.bmm(left.index_select(0, prefix[s:e]).transpose(1, 2), g))
+        return grad_left, grad_right, None, None
 
 
 class MPOEmbedding(MPOModule):
@@ -249,7 +293,7 @@ class MPOEmbedding(MPOModule):
             if self.resolved_path(unique.numel(), grad_needed) == "rebuild":
                 out = F.embedding(ids, self.rebuild_weight())
             else:
-                rows = lookup_rows(list(self.cores), unique)[:, : self.embedding_dim]  # (U, D)
+                rows = self.run_recomputed(lambda u: lookup_rows(list(self.cores), u), unique)[:, : self.embedding_dim]  # (U, D)
                 out = rows.index_select(0, inverse)  # (N, D)
         if self.padding_idx is not None:
             out = out.masked_fill((ids == self.padding_idx).unsqueeze(-1), 0.0)
