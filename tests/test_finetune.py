@@ -96,6 +96,39 @@ def test_train_steps_and_evaluate_on_a_compressed_model(tiny_folder):
     assert after["loss"] < before["loss"], (before, after)
 
 
+def test_compress_once_then_init_from_equals_compressing_in_process(tiny_folder, tmp_path):
+    """--compress-only + --init-from: the same cores, trainable flags and (seeded) head as compressing in process."""
+    report = finetune(method="mpo-lfa", model_path=tiny_folder, output_dir=str(tmp_path), compress_only=True, **SMALL)
+    folder = report["compressed_dir"]
+    assert (tmp_path / "compressed" / "mpo_config.json").is_file() and not (tmp_path / "report.json").exists()
+    for seed in (0, 3):
+        direct, _, _ = build_model("mpo-lfa", tiny_folder, seed=seed)
+        loaded, tok, info = build_model("mpo-lfa", seed=seed, init_from=folder)
+        assert info["init_from"] == folder and tok.vocab_size == 30522 and loaded.training
+        a, b = dict(direct.named_parameters()), dict(loaded.named_parameters())
+        assert a.keys() == b.keys()
+        for name in a:
+            assert torch.equal(a[name], b[name]), name
+            assert a[name].requires_grad == b[name].requires_grad, name
+        assert all(m.recompute for _, m in mpo_modules(loaded))
+    dense, _, _ = build_model("full", tiny_folder, seed=3)  # every method draws the same head for a seed
+    assert torch.equal(dense.classifier.weight, loaded.classifier.weight)
+    run = finetune(method="mpo-lfa", init_from=folder, output_dir=str(tmp_path / "run"), lr=1e-3, mpo_lr=1e-4, **SMALL)
+    assert run["trainable_params"] == report["trainable_params"] and run["config"]["init_from"] == folder
+
+
+def test_init_from_rejects_bad_combinations(tiny_folder, tmp_path):
+    from mpokit.io import CheckpointError
+    from mpokit.finetune import FinetuneConfig
+
+    with pytest.raises(ValueError, match="init_from applies to method='mpo-lfa' only"):
+        FinetuneConfig(method="full", init_from=str(tmp_path))
+    with pytest.raises(ValueError, match="drop param_ratio"):
+        FinetuneConfig(method="mpo-lfa", init_from=str(tmp_path), param_ratio=0.5)
+    with pytest.raises(CheckpointError, match="not an mpokit checkpoint"):
+        build_model("mpo-lfa", init_from=tiny_folder)  # a plain transformers folder
+
+
 def test_cli_finetune_runs(tiny_folder, tmp_path):
     from mpokit.cli import main
 

@@ -7,7 +7,7 @@ from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 
 from mpokit import MPOEmbedding
-from mpokit.layers.embedding import lookup_rows, rows_cost
+from mpokit.layers.embedding import best_split, lookup_rows, rows_cost
 
 PATHS = ("rebuild", "rows")
 
@@ -149,3 +149,62 @@ def test_bad_inputs_get_clear_errors():
         MPOEmbedding.from_embedding(nn.Embedding(10, 4, max_norm=1.0))
     with pytest.raises(ValueError, match="path must be one of"):
         layer.path = "table"
+
+
+def _saved_bytes(fn):
+    """Bytes autograd saves for backward while running ``fn()`` (parameters excluded); returns (output, bytes)."""
+    seen = {}
+
+    def pack(t):
+        if not isinstance(t, nn.Parameter):
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, sum(seen.values())
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 1 << 22])
+def test_row_products_gradcheck_for_any_chunk_size(chunk, monkeypatch):
+    """The chunked gather-product (forward and its hand-written backward) is exact for every chunking."""
+    import mpokit.layers.embedding as E
+
+    monkeypatch.setattr(E, "GATHER_CHUNK_ELEMENTS", chunk)
+    torch.manual_seed(0)
+    left = torch.randn(4, 3, 5, dtype=torch.float64, requires_grad=True)
+    right = torch.randn(6, 5, 2, dtype=torch.float64, requires_grad=True)
+    prefix, suffix = torch.tensor([0, 3, 3, 1, 0]), torch.tensor([5, 0, 2, 2, 5])  # repeats: index_add accumulates
+    out = E._RowProducts.apply(left, right, prefix, suffix)
+    torch.testing.assert_close(out, torch.bmm(left[prefix], right[suffix]), rtol=0, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda a, b: E._RowProducts.apply(a, b, prefix, suffix), (left, right))
+
+
+def test_rows_path_saves_no_per_row_copies_of_the_halves():
+    """Training memory of the row lookup: autograd keeps the two half tables (fixed size) and index vectors,
+    not a gathered copy of the halves per row (which would add N (J_L d + d J_R) elements)."""
+    layer = MPOEmbedding.from_embedding(_embedding(30618, 48), n_cores=5)
+    layer.path = "rows"
+    gen = torch.Generator().manual_seed(0)
+    perm = torch.randperm(30618, generator=gen)
+    sizes = (1000, 3000)  # both join the halves at the same bond, so the half tables are the same
+    assert len({best_split(layer.out_modes, layer.in_modes, layer.bond_dims, n) for n in sizes}) == 1
+    saved = {n: _saved_bytes(lambda: layer(perm[:n]))[1] for n in sizes}
+    growth = saved[3000] - saved[1000]
+    assert growth <= 2000 * 8 * 4, saved  # at most a few int64 index vectors per extra row
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_recompute_gives_the_same_gradients_and_saves_less(path):
+    """MPOModule.recompute: identical output and core gradients, fewer bytes kept for backward."""
+    grads, saved = {}, {}
+    for recompute in (False, True):
+        layer = MPOEmbedding.from_embedding(_embedding(5000, 64), n_cores=5)
+        layer.path, layer.recompute = path, recompute
+        ids = torch.randint(0, 5000, (3000,), generator=torch.Generator().manual_seed(1))
+        out, saved[recompute] = _saved_bytes(lambda: layer(ids))
+        out.square().sum().backward()
+        grads[recompute] = [p.grad for p in layer.cores]
+    for a, b in zip(grads[False], grads[True]):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    assert saved[True] < 0.5 * saved[False], saved

@@ -216,3 +216,31 @@ def test_bad_inputs_get_clear_errors():
         MPOLinear(48, 40, out_modes=(5, 8), in_modes=(4, 4))
     with pytest.raises(ValueError, match="bond_dim"):
         MPOLinear(48, 40, bond_dim=0)
+
+
+def test_recompute_rebuild_gives_the_same_gradients_and_keeps_only_w():
+    """With ``recompute`` the rebuild's intermediates are recomputed in backward: same grads, only W is kept."""
+    from mpokit import MPOLinear
+
+    torch.manual_seed(0)
+    dense = nn.Linear(96, 128)
+    x = torch.randn(16, 96, requires_grad=True)  # as inside a network: dx needs W, so W itself is kept
+    grads, saved = {}, {}
+    for recompute in (False, True):
+        layer = MPOLinear.from_linear(dense, n_cores=4)
+        layer.path, layer.recompute = "rebuild", recompute
+        kept = {}
+
+        def pack(t):
+            if not isinstance(t, nn.Parameter) and t.untyped_storage().data_ptr() != x.untyped_storage().data_ptr():
+                kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            y = layer(x)
+        y.square().sum().backward()
+        grads[recompute], saved[recompute] = [p.grad for p in layer.cores] + [layer.bias.grad], sum(kept.values())
+    for a, b in zip(grads[False], grads[True]):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    assert saved[True] == 128 * 96 * 4, saved  # exactly W (float32), which the matmul's backward needs
+    assert saved[False] > saved[True]
