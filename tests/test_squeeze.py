@@ -316,3 +316,56 @@ def test_compress_to_budget_on_tiny_bert(method):
         assert len(layers) == 12
         assert all(not l.central_parameters()[0].requires_grad for l in layers.values())
     assert not model.bert.embeddings.word_embeddings.weight.requires_grad
+
+
+# ---------------------------------------------------------------------------
+# the command line: `mpokit squeeze` on a tiny BERT folder with MiniLM's tokenizer and the real data
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_bert_folder(tmp_path_factory):
+    transformers = pytest.importorskip("transformers")
+    from mpokit.pretrained import default_model_path
+
+    folder = tmp_path_factory.mktemp("tiny_bert_cls")
+    cfg = transformers.BertConfig(vocab_size=30522, hidden_size=24, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=48, max_position_embeddings=32, num_labels=2)
+    torch.manual_seed(0)
+    transformers.BertForSequenceClassification(cfg).save_pretrained(str(folder))
+    transformers.AutoTokenizer.from_pretrained(str(default_model_path())).save_pretrained(str(folder))
+    return folder
+
+
+CLI_SMALL = ["--train-size", "32", "--validation-size", "16", "--test-size", "16", "--batch-size", "16",
+             "--max-length", "16", "--finetune-steps", "1", "--lr", "1e-3", "--threads", "1"]
+
+
+@pytest.mark.parametrize("method", ["squeeze", "prune"])
+def test_cli_squeeze_reaches_the_budget_and_writes_its_report(method, tiny_bert_folder, tmp_path):
+    from mpokit.cli import main
+
+    out = tmp_path / method
+    extra = ["--step-size", "0.5", "--matrices-per-step", "6"] if method == "squeeze" else []
+    assert main(["squeeze", "--model", str(tiny_bert_folder), "--method", method, "--budget", "0.6",
+                 "--out", str(out), *CLI_SMALL, *extra]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["method"] == method and report["ratio"] <= 0.6
+    assert report["dense_params"] == 2 * (4 * 24 * 24 + 2 * 24 * 48)
+    assert report["sizes"] == {"train": 32, "validation": 16, "test": 16}
+    assert 0.0 <= report["test_after"]["accuracy"] <= 1.0
+    if method == "squeeze":  # the step log (CSV + JSON), its plot and the resumable checkpoint
+        rows = json.loads((out / "squeeze_log.json").read_text())
+        params = [r["params"] for r in rows]
+        assert params == sorted(params, reverse=True) and params[-1] == report["params"]
+        assert (out / "squeeze_log.csv").is_file() and (out / "squeeze_log.png").stat().st_size > 0
+        assert (out / "checkpoint").is_dir()
+
+
+def test_cli_squeeze_rejects_an_impossible_budget(tiny_bert_folder, tmp_path, capsys):
+    from mpokit.cli import main
+
+    assert main(["squeeze", "--model", str(tiny_bert_folder), "--budget", "3", "--out", str(tmp_path), *CLI_SMALL]) != 0
+    assert "--budget must be a fraction of the dense parameters in (0, 1.5], got 3.0" in capsys.readouterr().err
+    assert main(["squeeze", "--model", str(tmp_path), "--budget", "0.5", "--out", str(tmp_path / "o"), *CLI_SMALL]) != 0
+    assert "config.json missing" in capsys.readouterr().err
