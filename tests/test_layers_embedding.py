@@ -208,3 +208,26 @@ def test_recompute_gives_the_same_gradients_and_saves_less(path):
     for a, b in zip(grads[False], grads[True]):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
     assert saved[True] < 0.5 * saved[False], saved
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("path", PATHS)
+def test_half_precision_autocast_runs(path, dtype):
+    emb = _embedding(300, 24)
+    layer = MPOEmbedding.from_embedding(emb, n_cores=3)
+    layer.path = path
+    ids = torch.tensor([[0, 7, 299], [7, 8, 9]])
+    with torch.autocast("cpu", dtype=dtype):
+        out = layer(ids)
+    out.float().sum().backward()
+    assert torch.isfinite(out.float()).all() and _rel(out.float(), emb(ids)) < 2e-2
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in layer.cores)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_torch_compile_gives_the_same_output(path):
+    layer = MPOEmbedding.from_embedding(_embedding(300, 24), n_cores=3, max_bond=6)
+    layer.path = path
+    ids = torch.tensor([[0, 7, 299], [7, 8, 9]])
+    compiled = torch.compile(layer, backend="inductor", fullgraph=False)
+    torch.testing.assert_close(compiled(ids), layer(ids), rtol=1e-5, atol=1e-6)

@@ -151,17 +151,18 @@ def test_state_dict_round_trip_including_truncated_bonds():
     torch.testing.assert_close(clone(x), src(x))
 
 
+@pytest.mark.parametrize("dtype, tol", [(torch.bfloat16, 3e-2), (torch.float16, 5e-3)])
 @pytest.mark.parametrize("path", PATHS)
-def test_bf16_autocast_runs_and_is_close(path):
+def test_half_precision_autocast_runs_and_is_close(path, dtype, tol):
     lin = _linear(48, 40, torch.float32)
     layer = MPOLinear.from_linear(lin, max_bond=64)
     layer.path = path
     x = torch.randn(6, 48)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=dtype):
         y = layer(x)
         y.float().sum().backward()
-    assert y.dtype == torch.bfloat16
-    assert _rel(y.float(), lin(x)) < 3e-2
+    assert y.dtype == dtype
+    assert _rel(y.float(), lin(x)) < tol
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in layer.cores)
 
 

@@ -371,14 +371,33 @@ def test_bad_input_errors():
         MPOLSTM.from_lstm(nn.GRU(4, 4))
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("path", PATHS, ids=PATH_IDS)
-def test_bf16_autocast_runs(path):
+def test_half_precision_autocast_runs(path, dtype):
     torch.manual_seed(0)
     mpo = MPOLSTM(INPUT, HIDDEN, rate=2).set_execution(*path)
     x = torch.randn(5, 3, INPUT)
     want = mpo(x)[0].detach()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=dtype):
         got, (h, _) = mpo(x)
     got.float().sum().backward()
     got = got.detach().float()
     assert torch.isfinite(got).all() and float((got - want).abs().max()) < 0.05
+
+
+@pytest.mark.parametrize("path", PATHS, ids=PATH_IDS)
+def test_torch_compile_gives_the_same_output_and_gradients(path):
+    torch.manual_seed(0)
+    mpo = MPOLSTM(INPUT, HIDDEN, num_layers=2, rate=2).set_execution(*path)
+    x = torch.randn(5, 3, INPUT)
+    want, (h_want, c_want) = mpo(x)
+    want.square().sum().backward()
+    want_grads = [p.grad.clone() for p in mpo.parameters()]
+    mpo.zero_grad()
+    compiled = torch.compile(mpo, backend="inductor", fullgraph=False)
+    got, (h, c) = compiled(x)
+    got.square().sum().backward()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close((h, c), (h_want, c_want), rtol=1e-5, atol=1e-6)
+    for g, w in zip([p.grad for p in mpo.parameters()], want_grads):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)

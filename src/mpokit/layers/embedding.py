@@ -136,13 +136,16 @@ class _RowProducts(torch.autograd.Function):
         want_left, want_right = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_left = torch.zeros_like(left) if want_left else None
         grad_right = torch.zeros_like(right) if want_right else None
-        grad = grad.to(left.dtype)
+        dtype = torch.promote_types(left.dtype, right.dtype)  # the halves differ under autocast (a lone core stays fp32)
+        grad = grad.to(dtype)
         for s, e in _chunks(prefix.shape[0], left, right):
             g = grad[s:e]
             if want_left:  # (c, J_L, J_R) @ (c, J_R, d)
-                grad_left.index_add_(0, prefix[s:e], torch.bmm(g, right.index_select(0, suffix[s:e]).transpose(1, 2)))
+                r = right.index_select(0, suffix[s:e]).to(dtype)
+                grad_left.index_add_(0, prefix[s:e], torch.bmm(g, r.transpose(1, 2)).to(left.dtype))
             if want_right:  # (c, d, J_L) @ (c, J_L, J_R)
-                grad_right.index_add_(0, suffix[s:e], torch.bmm(left.index_select(0, prefix[s:e]).transpose(1, 2), g))
+                l = left.index_select(0, prefix[s:e]).to(dtype)
+                grad_right.index_add_(0, suffix[s:e], torch.bmm(l.transpose(1, 2), g).to(right.dtype))
         return grad_left, grad_right, None, None
 
 

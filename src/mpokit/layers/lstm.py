@@ -599,16 +599,22 @@ class MPOLSTM(nn.Module):
 
     def _run_fused(self, x, batch_sizes, hx):
         weights = self._flat_weights()
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.float16:
+            # oneDNN has no float16 LSTM on CPU (nn.LSTM fails there): run the kernel in float32
+            with torch.autocast("cpu", enabled=False):
+                f32 = lambda t: t.float()  # noqa: E731
+                return self._fused_kernel(f32(x), batch_sizes, tuple(map(f32, hx)), [f32(w) for w in weights])
+        return self._fused_kernel(x, batch_sizes, hx, weights)
+
+    @torch.compiler.disable  # as for nn.LSTM, torch.compile runs the fused RNN kernel eagerly (a graph break)
+    def _fused_kernel(self, x, batch_sizes, hx, weights):
         if batch_sizes is None:
-            out, h_n, c_n = torch._VF.lstm(
+            return torch._VF.lstm(
                 x, hx, weights, self.bias, self.num_layers, self.dropout, self.training, self.bidirectional, False
             )
-        else:
-            out, h_n, c_n = torch._VF.lstm(
-                x, batch_sizes, hx, weights, self.bias, self.num_layers, self.dropout, self.training,
-                self.bidirectional,
-            )
-        return out, h_n, c_n
+        return torch._VF.lstm(
+            x, batch_sizes, hx, weights, self.bias, self.num_layers, self.dropout, self.training, self.bidirectional,
+        )
 
     def _run_stepwise(self, x, batch_sizes, hx, plan):
         lengths = None
