@@ -164,21 +164,29 @@ def _status_bytes(key: str) -> int:
 
 def peak_train_bytes(module, x, device) -> int:
     """Peak memory of one training step (see module docstring), parameters and input included."""
-    static = sum(p.numel() * p.element_size() for p in module.parameters()) + x.numel() * x.element_size()
     module.zero_grad(set_to_none=True)
     xg = x.detach().requires_grad_(True)
+    static = x.numel() * x.element_size()
+    peak = peak_step_bytes(module, lambda: module(xg).float().square().mean().backward(), device)
+    return static + peak
+
+
+def peak_step_bytes(module, step, device) -> int:
+    """Parameter bytes of ``module`` plus the peak memory ``step()`` allocates (gradients stay until the end)."""
+    static = sum(p.numel() * p.element_size() for p in module.parameters())
+    module.zero_grad(set_to_none=True)
     if device.type == "cuda":
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
-        module(xg).float().square().mean().backward()
+        step()
         torch.cuda.synchronize()
         extra = torch.cuda.max_memory_allocated() - base
     else:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # reset VmHWM to the current RSS
         base = _status_bytes("VmRSS")
-        module(xg).float().square().mean().backward()
+        step()
         extra = _status_bytes("VmHWM") - base
     module.zero_grad(set_to_none=True)
     return static + max(extra, 0)
