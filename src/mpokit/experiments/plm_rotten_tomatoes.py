@@ -130,8 +130,9 @@ def aggregate(out: Path) -> str:
     for path in sorted(out.glob("*_seed*/report.json")):
         row = path.parent.name.rsplit("_seed", 1)[0]
         reports.setdefault(row, []).append(json.loads(path.read_text()))
-    lines = ["| method | seeds | test accuracy (%) | #To | #Ft | #Ft vs full | time/epoch (s) | peak train RSS (MiB) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| method | seeds | test accuracy (%) | #To | #Ft | #Ft vs full | time/epoch (s) | peak train RSS (MiB) "
+             "| RSS before training (MiB) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     full_ft = reports.get("full", [{}])[0].get("trainable_params")
     for row in ROWS:
         reps = reports.get(row)
@@ -143,7 +144,8 @@ def aggregate(out: Path) -> str:
         lines.append(
             f"| {label} | {len(reps)} | {_ms([r['test_accuracy'] for r in reps], 100, 2)} | {to / 1e6:.2f}M | "
             f"{ft / 1e6:.3f}M | {rel} | {_ms([r['mean_epoch_seconds'] for r in reps])} | "
-            f"{_ms([r['peak_train_rss_mib'] for r in reps], 1, 0)} |"
+            f"{_ms([r['peak_train_rss_mib'] for r in reps], 1, 0)} | "
+            f"{_ms([r['history'][0]['rss_before_mib'] for r in reps], 1, 0)} |"
         )
     any_rep = next(iter(reports.values()))[0] if reports else None
     if any_rep:
