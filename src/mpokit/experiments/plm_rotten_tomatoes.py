@@ -93,7 +93,7 @@ def run_all(args) -> None:
                    "--out", str(run_dir), *common]
             if method == "mpo-lfa":
                 cmd += ["--init-from", str(_compressed(out / f"{row}_compressed", extra, common, env))]
-                extra = [a for a in extra if a not in _compression_options(extra)]
+                extra = _without_compression_options(extra)
             cmd += extra
             if method == "lora":
                 cmd += ["--lora-rank", str(rank)]
@@ -101,10 +101,12 @@ def run_all(args) -> None:
             subprocess.run(cmd, check=False, env=env)
 
 
-def _compression_options(extra: list[str]) -> set[str]:
-    """The compression options in ``extra`` (``--param-ratio X``), which --init-from replaces."""
-    i = extra.index("--param-ratio") if "--param-ratio" in extra else None
-    return set() if i is None else {extra[i], extra[i + 1]}
+def _without_compression_options(extra: list[str]) -> list[str]:
+    """``extra`` without ``--param-ratio X`` (the checkpoint given by --init-from is already compressed)."""
+    if "--param-ratio" not in extra:
+        return list(extra)
+    i = extra.index("--param-ratio")
+    return extra[:i] + extra[i + 2:]
 
 
 def _compressed(directory: Path, extra: list[str], common: list[str], env: dict) -> Path:
@@ -130,9 +132,11 @@ def aggregate(out: Path) -> str:
     for path in sorted(out.glob("*_seed*/report.json")):
         row = path.parent.name.rsplit("_seed", 1)[0]
         reports.setdefault(row, []).append(json.loads(path.read_text()))
-    lines = ["| method | seeds | test accuracy (%) | #To | #Ft | #Ft vs full | time/epoch (s) | peak train RSS (MiB) "
-             "| RSS before training (MiB) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    if not reports:
+        raise SystemExit(f"no finished runs (*_seed*/report.json) under {str(out)!r}; run without --aggregate-only first")
+    lines = ["| method | seeds | test accuracy (%) | median | #To | #Ft | #Ft vs full | time/epoch (s) "
+             "| peak train RSS (MiB) | RSS before training (MiB) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     full_ft = reports.get("full", [{}])[0].get("trainable_params")
     for row in ROWS:
         reps = reports.get(row)
@@ -142,7 +146,8 @@ def aggregate(out: Path) -> str:
         rel = f"{100.0 * (1 - ft / full_ft):.1f}% fewer" if full_ft else "n/a"
         label = LABELS[row] + (f" (r={reps[0]['lora_rank']})" if row == "lora" else "")
         lines.append(
-            f"| {label} | {len(reps)} | {_ms([r['test_accuracy'] for r in reps], 100, 2)} | {to / 1e6:.2f}M | "
+            f"| {label} | {len(reps)} | {_ms([r['test_accuracy'] for r in reps], 100, 2)} | "
+            f"{100 * statistics.median(r['test_accuracy'] for r in reps):.2f} | {to / 1e6:.2f}M | "
             f"{ft / 1e6:.3f}M | {rel} | {_ms([r['mean_epoch_seconds'] for r in reps])} | "
             f"{_ms([r['peak_train_rss_mib'] for r in reps], 1, 0)} | "
             f"{_ms([r['history'][0]['rss_before_mib'] for r in reps], 1, 0)} |"
