@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_layers import alternate, fmt, peak_step_bytes  # noqa: E402  (shared measurement helpers)
 
 from mpokit.layers import MPOEmbedding  # noqa: E402
-from mpokit.shapes import choose_modes, full_bond_dims  # noqa: E402
+from mpokit.shapes import choose_modes, consistent_bond_dims, full_bond_dims, mpo_num_params  # noqa: E402
 
 VOCAB = 30522
 
@@ -49,17 +49,15 @@ def zipf_ids(n: int, vocab: int, generator: torch.Generator, exponent: float = 1
 
 
 def cap_for_reduction(num: int, dim: int, reduction: float) -> int:
-    """The uniform bond cap whose MPO has about ``num * dim / reduction`` parameters."""
+    """The uniform bond cap whose MPO (default modes, 5 cores) has about ``num * dim / reduction`` parameters."""
     out_modes, in_modes = choose_modes(num, dim, 5)
-    best, best_gap = 1, float("inf")
-    for cap in range(1, max(full_bond_dims(out_modes, in_modes)) + 1):
-        layer = MPOEmbedding(num, dim, bond_dim=cap, n_cores=5)
-        gap = abs(num * dim / layer.num_mpo_params - reduction)
-        if gap < best_gap:
-            best, best_gap = cap, gap
-        if num * dim / layer.num_mpo_params < reduction * 0.8:
-            break
-    return best
+    full = full_bond_dims(out_modes, in_modes)
+
+    def fewer(cap: int) -> float:
+        dims = consistent_bond_dims(out_modes, in_modes, [cap] * len(full))
+        return num * dim / mpo_num_params(out_modes, in_modes, dims)
+
+    return min(range(1, max(full) + 1), key=lambda cap: abs(fewer(cap) - reduction))
 
 
 def _fwd(module, ids, device):
