@@ -225,3 +225,21 @@ def test_real_minilm_lfa_short_run(tmp_path):
                       test_size=256, lr=5e-4, mpo_lr=1e-4, cpu=True, progress=False)
     assert report["trainable_params"] < 0.15 * 22_713_986
     assert report["test_accuracy"] > 0.55
+
+
+def test_reinit_head_redraws_a_classifier_and_leaves_a_tied_lm_head_alone():
+    import transformers as T
+
+    from mpokit.finetune import reinit_head
+
+    torch.manual_seed(0)
+    cls = T.BertForSequenceClassification(T.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+                                                       num_attention_heads=2, intermediate_size=32, num_labels=2))
+    before = cls.classifier.weight.detach().clone()
+    assert reinit_head(cls, seed=5) == ["classifier"] and not torch.equal(before, cls.classifier.weight)
+    again = cls.classifier.weight.detach().clone()
+    reinit_head(cls, seed=5)
+    assert torch.equal(again, cls.classifier.weight)  # a function of the seed only
+    lm = T.GPT2LMHeadModel(T.GPT2Config(vocab_size=50, n_embd=16, n_layer=1, n_head=2, n_positions=16))
+    wte = lm.transformer.wte.weight.detach().clone()
+    assert reinit_head(lm, seed=5) == [] and torch.equal(wte, lm.transformer.wte.weight)

@@ -376,16 +376,19 @@ def reinit_head(model: nn.Module, seed: int) -> list[str]:
 
     Uses the model's own ``_init_weights``, in module order, so the head equals
     the one ``from_pretrained`` draws for a new task after the same seed.
-    Returns the names of the re-initialised modules.
+    Modules sharing a parameter with the base model (a head tied to the word
+    embeddings) are skipped. Returns the names of the re-initialised modules.
     """
     base = getattr(model, "base_model", None)
     init = getattr(model, "_init_weights", None)
     if base is None or base is model or init is None:
         raise ValueError(f"{type(model).__name__} has no separate base_model / _init_weights: no task head to re-initialise")
     torch.manual_seed(seed)
+    shared = {id(p) for p in base.parameters()}  # a head tied to the embeddings (LM heads) is left alone
     names = []
     for name, child in model.named_children():
-        if child is base or not any(True for _ in child.parameters()):
+        params = list(child.parameters())
+        if child is base or not params or any(id(p) in shared for p in params):
             continue
         with torch.no_grad():
             for sub in child.modules():
