@@ -245,3 +245,21 @@ def test_recompute_rebuild_gives_the_same_gradients_and_keeps_only_w():
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
     assert saved[True] == 128 * 96 * 4, saved  # exactly W (float32), which the matmul's backward needs
     assert saved[False] > saved[True]
+
+
+def test_training_forward_drops_the_stale_inference_cache():
+    """Evaluation caches W; the next forward that needs a graph must not keep that (soon stale) copy alive."""
+    layer = MPOLinear.from_linear(_linear(48, 40, torch.float32), max_bond=8)
+    layer.path = "rebuild"
+    x = torch.randn(4, 48)
+    with torch.no_grad():
+        layer(x)
+    assert "weight" in layer._cache
+    layer(x).sum().backward()
+    assert layer._cache == {}
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), _dense_reference(layer, x))
+
+
+def _dense_reference(layer, x):
+    return torch.nn.functional.linear(x, layer._rebuild_uncached().detach(), layer.bias)

@@ -215,6 +215,8 @@ class MPOModule(nn.Module):
         cores' dtype) and recomputed whenever any core changes.
         """
         if not self._cache_allowed():
+            if self._cache and not torch.compiler.is_compiling():
+                self._cache = {}  # a training step makes it stale: do not hold it (a whole W) through training
             return compute()
         key = self._cache_key()
         hit = self._cache.get(name)
