@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_layers import alternate, fmt, peak_step_bytes  # noqa: E402  (shared measurement helpers)
+from bench_layers import alternate, fmt, peak_step_bytes, print_header  # noqa: E402  (shared measurement helpers)
 
 from mpokit.layers import MPOEmbedding  # noqa: E402
 from mpokit.shapes import choose_modes, consistent_bond_dims, full_bond_dims, mpo_num_params  # noqa: E402
@@ -109,9 +109,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    print(f"date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} thread(s), command: python {' '.join(sys.argv)}")
+    print_header()
     print(f"{'vocab x dim':>12} {'tok':>5} {'uniq':>5} {'cap':>4} {'fewer':>6} {'path':>8} | "
           f"{'fwd':>6} {'f+b':>6} {'rows':>6} {'rebld':>6} {'mem':>6} | dense f+b ms")
     dims, token_counts = ((384,), (512,)) if args.quick else ((384, 768), (512, 8192))

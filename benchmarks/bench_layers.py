@@ -310,6 +310,13 @@ def summarize(rows):
           f"{worst_mem['tokens']} tok, {worst_mem['label']})")
 
 
+def print_header() -> None:
+    """Seed torch and print the date, torch version, thread count and the command line of this run."""
+    torch.manual_seed(0)
+    print(f"date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} thread(s), command: python {' '.join(sys.argv)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="768->768, 512 tokens, 4 caps, no LSTM hidden 1024")
@@ -322,9 +329,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    print(f"date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, torch {torch.__version__}, "
-          f"command: python {' '.join(sys.argv)}")
+    print_header()
     run(quick=args.quick, reps=args.reps, device=args.device, dtype=args.dtype, peers=not args.no_peers)
     if not args.no_lstm:
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

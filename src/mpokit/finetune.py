@@ -364,10 +364,7 @@ def _load_compressed(directory: str, seed: int):
         tokenizer = AutoTokenizer.from_pretrained(str(directory))
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{directory} has no tokenizer files ({e}); save it with save_pretrained(..., tokenizer=)") from None
-    report = getattr(model, "mpo_report", None)
     info: dict[str, Any] = {"model_path": str(directory), "init_from": str(directory), "compress_seconds": 0.0}
-    if report is not None:
-        info["report"] = report
     return model.train(), tokenizer, info
 
 

@@ -152,12 +152,11 @@ def aggregate(out: Path) -> str:
             f"{_ms([r['peak_train_rss_mib'] for r in reps], 1, 0)} | "
             f"{_ms([r['history'][0]['rss_before_mib'] for r in reps], 1, 0)} |"
         )
-    any_rep = next(iter(reports.values()))[0] if reports else None
-    if any_rep:
-        c = any_rep["config"]
-        lines += ["", f"Data: {any_rep['data']['note']}; validation {any_rep['data']['sizes']['validation']}, "
-                      f"test {any_rep['data']['sizes']['test']} sentences (split {any_rep['data']['split']}); "
-                      f"batch {c['batch_size']}, {any_rep['threads']} thread(s) per run."]
+    any_rep = next(iter(reports.values()))[0]
+    data = any_rep["data"]
+    lines += ["", f"Data: {data['note']}; validation {data['sizes']['validation']}, test {data['sizes']['test']} "
+                  f"sentences (split {data['split']}); batch {any_rep['config']['batch_size']}, "
+                  f"{any_rep['threads']} thread(s) per run."]
     table = "\n".join(lines) + "\n"
     (out / "summary.md").write_text(table)
     per_seed = {row: {r["config"]["seed"]: r["test_accuracy"] for r in reps} for row, reps in reports.items()}
