@@ -25,15 +25,12 @@ import os
 import sys
 import time
 
-if "MALLOC_MMAP_THRESHOLD_" not in os.environ and sys.platform.startswith("linux") and __name__ == "__main__":
-    os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"  # freed tensors return to the OS, so peak RSS measures tensors
-    os.execv(sys.executable, [sys.executable, *sys.argv])
-
 import torch
 from torch import nn
+from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_layers import alternate, fmt, peak_step_bytes, print_header  # noqa: E402  (shared measurement helpers)
+from bench_layers import alternate, fmt, peak_step_bytes, pin_mmap_threshold, print_header  # noqa: E402  (shared measurement helpers)
 
 from mpokit.layers import MPOEmbedding  # noqa: E402
 from mpokit.shapes import choose_modes, consistent_bond_dims, full_bond_dims, mpo_num_params  # noqa: E402
@@ -78,12 +75,16 @@ def _train_mem(module, ids) -> int:
     return peak_step_bytes(module, lambda: module(ids).square().mean().backward(), torch.device("cpu"))
 
 
-def bench(dim: int, tokens: int, reduction: float, reps: int) -> dict:
+def _setting(dim: int, tokens: int, reduction: float):
     gen = torch.Generator().manual_seed(0)
     ids = zipf_ids(tokens, VOCAB, gen)
     cap = cap_for_reduction(VOCAB, dim, reduction)
-    mpo = MPOEmbedding(VOCAB, dim, bond_dim=cap, n_cores=5)
-    dense = nn.Embedding(VOCAB, dim)
+    return ids, cap, MPOEmbedding(VOCAB, dim, bond_dim=cap, n_cores=5), nn.Embedding(VOCAB, dim)
+
+
+def bench(dim: int, tokens: int, reduction: float, reps: int) -> dict:
+    """Time ratios of one setting (memory: :func:`memory`, run after all timings)."""
+    ids, cap, mpo, dense = _setting(dim, tokens, reduction)
     unique = int(torch.unique(ids).numel())
     row = {"dim": dim, "tokens": tokens, "uniq": unique, "cap": cap, "fewer": VOCAB * dim / mpo.num_mpo_params,
            "path": mpo.resolved_path(unique, grad_needed=True)}
@@ -96,9 +97,15 @@ def bench(dim: int, tokens: int, reduction: float, reps: int) -> dict:
         mpo.path = path
         (t_d, _), (t_m, _) = alternate(_train, [dense, mpo], ids, None, reps)
         row[path] = t_m / t_d
-    mpo.path = "auto"
-    row["mem"] = _train_mem(mpo, ids) / _train_mem(dense, ids)
     return row
+
+
+def memory(dim: int, tokens: int, reduction: float) -> float:
+    """Peak training-step memory of MPOEmbedding over nn.Embedding's (fresh modules, after a warm-up step)."""
+    ids, _, mpo, dense = _setting(dim, tokens, reduction)
+    for module in (dense, mpo):
+        _train(module, ids, None)
+    return _train_mem(mpo, ids) / _train_mem(dense, ids)
 
 
 def main() -> None:
@@ -110,17 +117,19 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     print_header()
+    dims, token_counts = ((384,), (512,)) if args.quick else ((384, 768), (512, 8192))
+    settings = [(dim, tokens, reduction) for dim in dims for tokens in token_counts for reduction in (1, 4, 16)]
+    rows = [bench(*setting, args.reps) for setting in tqdm(settings, desc="timing", unit="setting", file=sys.stderr)]
+    if not pin_mmap_threshold():  # timings above ran with the default allocator; memory needs freed tensors to leave the RSS
+        print("note: glibc's mmap threshold could not be pinned; memory ratios measure the allocator too")
+    for r, setting in zip(rows, tqdm(settings, desc="memory", unit="setting", file=sys.stderr)):
+        r["mem"] = memory(*setting)
     print(f"{'vocab x dim':>12} {'tok':>5} {'uniq':>5} {'cap':>4} {'fewer':>6} {'path':>8} | "
           f"{'fwd':>6} {'f+b':>6} {'rows':>6} {'rebld':>6} {'mem':>6} | dense f+b ms")
-    dims, token_counts = ((384,), (512,)) if args.quick else ((384, 768), (512, 8192))
-    for dim in dims:
-        for tokens in token_counts:
-            for reduction in (1, 4, 16):
-                r = bench(dim, tokens, reduction, args.reps)
-                print(f"{VOCAB:>6} x {dim:<3} {tokens:>5} {r['uniq']:>5} {r['cap']:>4} {r['fewer']:>6.1f} {r['path']:>8} | "
-                      f"{fmt(r['fwd'])} {fmt(r['f+b'])} {fmt(r['rows'])} {fmt(r['rebuild'])} {fmt(r['mem'])} | "
-                      f"{r['dense_train_ms']:.1f}", flush=True)
-
+    for r in rows:
+        print(f"{VOCAB:>6} x {r['dim']:<3} {r['tokens']:>5} {r['uniq']:>5} {r['cap']:>4} {r['fewer']:>6.1f} {r['path']:>8} | "
+              f"{fmt(r['fwd'])} {fmt(r['f+b'])} {fmt(r['rows'])} {fmt(r['rebuild'])} {fmt(r['mem'])} | "
+              f"{r['dense_train_ms']:.1f}", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -21,9 +21,13 @@ What is measured (float32 unless ``--dtype bf16``):
   calls the minimum tracks the code's own cost better than the median;
 * ``mem``: peak memory of one training step, including parameters, input and
   gradients, divided by nn.Linear's. CPU: the process's peak resident set size
-  (``VmHWM``, reset through ``/proc/self/clear_refs`` before each step, with
-  glibc's mmap threshold pinned to 64 KiB so freed tensors leave the RSS) above
-  the RSS before the step, plus parameter and input bytes. CUDA:
+  (``VmHWM``, reset through ``/proc/self/clear_refs`` before each step) above
+  the RSS before the step, plus parameter and input bytes. Memory is measured in
+  a second phase, after all timings, with glibc's mmap threshold pinned to 64 KiB
+  (:func:`pin_mmap_threshold`) so freed tensors leave the RSS. Timings run with
+  the default allocator: a pinned threshold makes every large allocation page-fault
+  afresh, which slows the code that allocates intermediates (up to 2x in a forward
+  pass) and is not how the layers run in practice. CUDA:
   ``torch.cuda.max_memory_allocated`` above the allocation before the step, plus
   the same bytes;
 * ``ctr/dense``: the cost model's FLOPs of the best pure contraction (merging
@@ -45,10 +49,6 @@ import re
 import statistics
 import sys
 import time
-
-if "MALLOC_MMAP_THRESHOLD_" not in os.environ and sys.platform.startswith("linux") and __name__ == "__main__":
-    os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"  # freed tensors return to the OS, so peak RSS measures tensors
-    os.execv(sys.executable, [sys.executable, *sys.argv])
 
 import torch
 from torch import nn
@@ -162,6 +162,41 @@ def _status_bytes(key: str) -> int:
         return int(re.search(rf"{key}:\s+(\d+) kB", f.read()).group(1)) * 1024
 
 
+def pin_mmap_threshold() -> bool:
+    """glibc: serve every allocation >= 64 KiB by mmap, so freed tensors leave the RSS at once.
+
+    Then ``VmHWM`` above the RSS before a step measures the tensors the step held. Without it,
+    glibc's dynamic threshold keeps freed blocks in the heap and the peak RSS measures the allocator.
+    Irreversible in this process (the dynamic threshold stays off), so call it after all timings.
+    Returns False where there is no glibc (the RSS peaks are then upper bounds).
+    """
+    libc = _glibc()
+    M_MMAP_THRESHOLD = -3
+    return libc is not None and bool(libc.mallopt(M_MMAP_THRESHOLD, 65536))
+
+
+def _glibc():
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+def release_free_heap() -> None:
+    """glibc ``malloc_trim(0)``: give the free pages inside the heap back to the OS.
+
+    Large blocks freed before :func:`pin_mmap_threshold` stay in the heap's free lists and would be
+    reused without raising the RSS; after trimming, reusing them faults their pages in again.
+    """
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
 def peak_train_bytes(module, x, device) -> int:
     """Peak memory of one training step (see module docstring), parameters and input included."""
     module.zero_grad(set_to_none=True)
@@ -183,6 +218,7 @@ def peak_step_bytes(module, step, device) -> int:
         torch.cuda.synchronize()
         extra = torch.cuda.max_memory_allocated() - base
     else:
+        release_free_heap()
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # reset VmHWM to the current RSS
         base = _status_bytes("VmRSS")
@@ -199,6 +235,7 @@ def _plan_name(plan: contract.ApplyPlan) -> str:
 
 
 def bench_setting(in_f, out_f, tokens, cap, label, reps, device, dtype, peers=True):
+    """Times and cost-model columns of one setting (memory: :func:`memory_setting`, run afterwards)."""
     mpo = MPOLinear(in_f, out_f, bond_dim=cap, device=device, dtype=dtype)
     dense = nn.Linear(in_f, out_f, device=device, dtype=dtype)
     mpo.eval(), dense.eval()
@@ -237,10 +274,20 @@ def bench_setting(in_f, out_f, tokens, cap, label, reps, device, dtype, peers=Tr
         row[f"{name}_train"], row[f"{name}_train_min"] = t_mod[0] / t_ref[0], t_mod[1] / t_ref[1]
         if name == "mpo":
             row["dense_train_s"] = t_ref[0]
-            dense_mem = peak_train_bytes(dense, x, device)
-            row["mpo_mem"] = peak_train_bytes(mpo, x, device) / dense_mem
-            row["dense_mem_mb"] = dense_mem / 1e6
     return row
+
+
+def memory_setting(row, device, dtype) -> None:
+    """Add ``mpo_mem``: peak training-step memory of MPOLinear over nn.Linear's, fresh modules of the row's setting."""
+    in_f, out_f, tokens = row["in"], row["out"], row["tokens"]
+    mpo = MPOLinear(in_f, out_f, bond_dim=row["cap"], device=device, dtype=dtype).eval()
+    dense = nn.Linear(in_f, out_f, device=device, dtype=dtype).eval()
+    x = torch.randn(tokens, in_f, device=device, dtype=dtype)
+    for module in (dense, mpo):  # warm-up: one-off allocations (thread pools, plan caches) stay out of the peak
+        _train(module, x, device)
+    dense_mem = peak_train_bytes(dense, x, device)
+    row["mpo_mem"] = peak_train_bytes(mpo, x, device) / dense_mem
+    row["dense_mem_mb"] = dense_mem / 1e6
 
 
 def fmt(v, width=6, digits=2):
@@ -263,13 +310,18 @@ def run(quick=False, reps=None, device="cpu", dtype="fp32", peers=True):
           f"ratios = candidate / nn.Linear (time: below 1 is faster; mem: peak of a training step)")
     head = (f"{'shape':>10} {'tok':>5} {'set':>5} {'cap':>4} {'fewer':>7} {'ctr/dn':>7} {'plan(train)':>14} {'plan(fwd)':>14} |"
             f" {'mpo fwd':>7} {'f+b':>6} {'mem':>5} {'min:fwd':>7} {'f+b':>5} | {'tl fwd':>6} {'f+b':>6} {'r':>3} | {'tm fwd':>6} {'f+b':>6} {'r':>3}")
+    from tqdm import tqdm
+
+    rows = [bench_setting(*setting, reps, device, torch_dtype, peers)
+            for setting in tqdm(settings, desc="timing", unit="setting", file=sys.stderr)]
+    if device.type == "cpu" and not pin_mmap_threshold():
+        print("note: glibc's mmap threshold could not be pinned; memory ratios measure the allocator too")
+    for r in tqdm(rows, desc="memory", unit="setting", file=sys.stderr):
+        memory_setting(r, device, torch_dtype)
     print(head)
-    rows = []
-    for in_f, out_f, tokens, cap, label in settings:
-        r = bench_setting(in_f, out_f, tokens, cap, label, reps, device, torch_dtype, peers)
-        rows.append(r)
+    for r in rows:
         print(
-            f"{in_f:>4}->{out_f:<5} {tokens:>5} {label:>5} {cap:>4} {r['reduction']:>7.1f} {r['ctr_flops']:>7.2f} "
+            f"{r['in']:>4}->{r['out']:<5} {r['tokens']:>5} {r['label']:>5} {r['cap']:>4} {r['reduction']:>7.1f} {r['ctr_flops']:>7.2f} "
             f"{r['plan_train']:>14} {r['plan_fwd']:>14} | {fmt(r.get('mpo_fwd'), 7)} {fmt(r.get('mpo_train'))} {fmt(r.get('mpo_mem'), 5)} "
             f"{fmt(r.get('mpo_fwd_min'), 7)} {fmt(r.get('mpo_train_min'), 5)} | "
             f"{fmt(r.get('tltorch_fwd'))} {fmt(r.get('tltorch_train'))} {r.get('tltorch_rank', '-'):>3} | "
