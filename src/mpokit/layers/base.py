@@ -102,6 +102,15 @@ class MPOModule(nn.Module):
 
     # -- structure -------------------------------------------------------------
 
+    def core_list(self) -> list[nn.Parameter]:
+        """The cores as a plain list, in order (iterating the ``nn.ParameterList`` costs ~2 us per core,
+        which adds up on the per-call path of small inputs)."""
+        return list(self.cores._parameters.values())
+
+    def grad_needed(self) -> bool:
+        """Whether a call now builds an autograd graph to the cores."""
+        return torch.is_grad_enabled() and any(p.requires_grad for p in self.cores._parameters.values())
+
     @property
     def n_cores(self) -> int:
         return len(self.cores)
@@ -117,19 +126,19 @@ class MPOModule(nn.Module):
     def auxiliary_parameters(self) -> list[nn.Parameter]:
         """All cores except the central one, in order."""
         c = self.central_index
-        return [p for k, p in enumerate(self.cores) if k != c]
+        return [p for k, p in enumerate(self.core_list()) if k != c]
 
     @property
     def out_modes(self) -> tuple[int, ...]:
-        return tuple(int(c.shape[1]) for c in self.cores)
+        return tuple(int(c.shape[1]) for c in self.core_list())
 
     @property
     def in_modes(self) -> tuple[int, ...]:
-        return tuple(int(c.shape[2]) for c in self.cores)
+        return tuple(int(c.shape[2]) for c in self.core_list())
 
     @property
     def bond_dims(self) -> tuple[int, ...]:
-        return tuple(int(c.shape[3]) for c in list(self.cores)[:-1])
+        return tuple(int(c.shape[3]) for c in self.core_list()[:-1])
 
     @property
     def padded_shape(self) -> tuple[int, int]:
@@ -137,7 +146,7 @@ class MPOModule(nn.Module):
 
     @property
     def num_mpo_params(self) -> int:
-        return sum(c.numel() for c in self.cores)
+        return sum(c.numel() for c in self.core_list())
 
     @property
     def dense_params(self) -> int:
@@ -201,12 +210,12 @@ class MPOModule(nn.Module):
     # -- the matrix ----------------------------------------------------------------
 
     def _cache_key(self) -> tuple:
-        return tuple((id(p), p.data_ptr(), p._version, p.dtype, p.device) for p in self.cores)
+        return tuple((id(p), p.data_ptr(), p._version, p.dtype, p.device) for p in self.core_list())
 
     def _cache_allowed(self) -> bool:
         if torch.compiler.is_compiling():
             return False
-        return not (torch.is_grad_enabled() and any(p.requires_grad for p in self.cores))
+        return not self.grad_needed()
 
     def cached(self, name: str, compute):
         """``compute()`` (a function of the cores), cached under ``name`` while no graph to the cores is needed.
@@ -236,8 +245,7 @@ class MPOModule(nn.Module):
         fine-tuning memory at small batches, while recomputing costs one more
         rebuild. Same values and gradients either way.
         """
-        if (self.recompute and torch.is_grad_enabled() and not torch.compiler.is_compiling()
-                and any(p.requires_grad for p in self.cores)):
+        if self.recompute and not torch.compiler.is_compiling() and self.grad_needed():
             from torch.utils.checkpoint import checkpoint
 
             return checkpoint(fn, *args, use_reentrant=False)
@@ -248,7 +256,7 @@ class MPOModule(nn.Module):
         return self.cached("weight", lambda: self.run_recomputed(lambda: self._rebuild_uncached().contiguous()))
 
     def _rebuild_uncached(self) -> torch.Tensor:
-        full = rebuild(list(self.cores))  # (I_padded, J_padded)
+        full = rebuild(self.core_list())  # (I_padded, J_padded)
         rows, cols = self.shape
         if full.shape[0] != rows or full.shape[1] != cols:
             full = full[:rows, :cols]

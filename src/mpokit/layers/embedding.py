@@ -269,7 +269,7 @@ class MPOEmbedding(MPOModule):
         """``"rebuild"`` or ``"rows"`` for a batch with ``distinct_ids`` different ids."""
         if self._path != "auto":
             return self._path
-        grad_needed = torch.is_grad_enabled() and any(p.requires_grad for p in self.cores) if grad_needed is None else grad_needed
+        grad_needed = self.grad_needed() if grad_needed is None else grad_needed
         if not grad_needed:
             return "rebuild"  # the table is cached
         args = (self.out_modes, self.in_modes, self.bond_dims)
@@ -282,13 +282,15 @@ class MPOEmbedding(MPOModule):
         if not isinstance(input, torch.Tensor) or input.dtype not in (torch.long, torch.int, torch.int16, torch.int8, torch.uint8):
             got = input.dtype if isinstance(input, torch.Tensor) else type(input).__name__
             raise TypeError(f"MPOEmbedding expects an integer tensor of ids, got {got}; e.g. torch.tensor([[101, 2023, 102]])")
-        if input.numel() and (int(input.min()) < 0 or int(input.max()) >= self.num_embeddings):
-            raise ValueError(
-                f"ids must be in [0, {self.num_embeddings}), got min {int(input.min())} and max {int(input.max())}; "
-                f"e.g. torch.tensor([0, 5, {self.num_embeddings - 1}])"
-            )
+        if input.numel():
+            low, high = (int(v) for v in torch.aminmax(input))  # one pass over the ids
+            if low < 0 or high >= self.num_embeddings:
+                raise ValueError(
+                    f"ids must be in [0, {self.num_embeddings}), got min {low} and max {high}; "
+                    f"e.g. torch.tensor([0, 5, {self.num_embeddings - 1}])"
+                )
         ids = input.reshape(-1).long()
-        grad_needed = torch.is_grad_enabled() and any(p.requires_grad for p in self.cores)
+        grad_needed = self.grad_needed()
         if self._path == "rebuild" or (self._path == "auto" and not grad_needed):
             out = F.embedding(ids, self.rebuild_weight())  # (N, D), table cached under no-grad
         else:
@@ -296,7 +298,7 @@ class MPOEmbedding(MPOModule):
             if self.resolved_path(unique.numel(), grad_needed) == "rebuild":
                 out = F.embedding(ids, self.rebuild_weight())
             else:
-                rows = self.run_recomputed(lambda u: lookup_rows(list(self.cores), u), unique)[:, : self.embedding_dim]  # (U, D)
+                rows = self.run_recomputed(lambda u: lookup_rows(self.core_list(), u), unique)[:, : self.embedding_dim]  # (U, D)
                 out = rows.index_select(0, inverse)  # (N, D)
         if self.padding_idx is not None:
             out = out.masked_fill((ids == self.padding_idx).unsqueeze(-1), 0.0)

@@ -151,9 +151,6 @@ class MPOLinear(MPOModule):
             raise ValueError(f"path must be one of {LINEAR_PATHS}, got {value!r}; e.g. layer.path = 'auto'")
         self._path = value
 
-    def _grad_needed(self) -> bool:
-        return torch.is_grad_enabled() and any(p.requires_grad for p in self.cores)
-
     @torch.compiler.disable  # plain Python on ints: run it eagerly instead of tracing the plan search
     def plan(self, tokens: int, grad_needed: bool | None = None) -> contract.ApplyPlan:
         """The :class:`~mpokit.contract.ApplyPlan` a call with ``tokens`` rows runs (cached per setting).
@@ -161,7 +158,7 @@ class MPOLinear(MPOModule):
         Without grad the merged cores / rebuilt weight are cached, so merging is free;
         with grad, memory is what autograd saves.
         """
-        grad_needed = self._grad_needed() if grad_needed is None else grad_needed
+        grad_needed = self.grad_needed() if grad_needed is None else grad_needed
         key = (tokens, grad_needed, self._path, self.bond_dims)
         hit = self._path_cache.get(key)
         if hit is not None:
@@ -196,7 +193,7 @@ class MPOLinear(MPOModule):
         x2 = x.reshape(-1, self.in_features)
         if J != self.in_features:
             x2 = F.pad(x2, (0, J - self.in_features))
-        merged = self.cached(f"merged{plan.groups}", lambda: contract.merge_groups(list(self.cores), plan.groups))
+        merged = self.cached(f"merged{plan.groups}", lambda: contract.merge_groups(self.core_list(), plan.groups))
         y = contract.sweep(x2, merged, plan.order)  # (T, I_padded)
         if I != self.out_features:
             y = y[:, : self.out_features]

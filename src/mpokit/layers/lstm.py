@@ -116,7 +116,7 @@ class LSTMWeightMPO(MPOModule):
         if path == "contract":
             from ..contract import mpo_apply
 
-            return mpo_apply(x, list(self.cores))
+            return mpo_apply(x, self.core_list())
         return torch.nn.functional.linear(x, self.rebuild_weight())
 
     def extra_repr(self) -> str:
