@@ -149,6 +149,8 @@ def test_state_dict_round_trip_including_truncated_bonds():
     torch.testing.assert_close(dst(x), src(x))
     clone = copy.deepcopy(src)
     torch.testing.assert_close(clone(x), src(x))
+    for layer in (src, dst, clone):  # the fast core list follows every replacement of the Parameters, in order
+        assert all(a is b for a, b in zip(layer.core_list(), layer.cores, strict=True))
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.bfloat16, 3e-2), (torch.float16, 5e-3)])
