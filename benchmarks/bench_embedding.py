@@ -13,7 +13,8 @@ or smaller):
 - ``f+b``: a training step ``emb(ids).square().mean().backward()``; nn.Embedding with a dense gradient
   (its default), so its step writes a full table-sized gradient;
 - ``rows``/``rebuild``: the same training step with the path forced;
-- ``mem``: peak memory of the training step incl. parameters and gradients (as in bench_layers.py).
+- ``mem``: peak memory of the training step incl. parameters and gradients, measured after the
+  timings in a child process with glibc's mmap threshold pinned (as in bench_layers.py).
 
     python benchmarks/bench_embedding.py --threads 1
 """
@@ -21,6 +22,7 @@ or smaller):
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -30,7 +32,7 @@ from torch import nn
 from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_layers import alternate, fmt, peak_step_bytes, pin_mmap_threshold, print_header  # noqa: E402  (shared measurement helpers)
+from bench_layers import alternate, fmt, memory_in_subprocess, peak_step_bytes, print_header  # noqa: E402  (shared measurement helpers)
 
 from mpokit.layers import MPOEmbedding  # noqa: E402
 from mpokit.shapes import choose_modes, consistent_bond_dims, full_bond_dims, mpo_num_params  # noqa: E402
@@ -113,17 +115,20 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="width 384, 512 tokens only")
+    parser.add_argument("--memory-of", default=None, help=argparse.SUPPRESS)  # internal: the memory phase (JSON settings)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.memory_of is not None:
+        print(json.dumps([memory(*setting) for setting in tqdm(json.loads(args.memory_of), desc="memory", file=sys.stderr)]))
+        return
     print_header()
     dims, token_counts = ((384,), (512,)) if args.quick else ((384, 768), (512, 8192))
     settings = [(dim, tokens, reduction) for dim in dims for tokens in token_counts for reduction in (1, 4, 16)]
     rows = [bench(*setting, args.reps) for setting in tqdm(settings, desc="timing", unit="setting", file=sys.stderr)]
-    if not pin_mmap_threshold():  # timings above ran with the default allocator; memory needs freed tensors to leave the RSS
-        print("note: glibc's mmap threshold could not be pinned; memory ratios measure the allocator too")
-    for r, setting in zip(rows, tqdm(settings, desc="memory", unit="setting", file=sys.stderr)):
-        r["mem"] = memory(*setting)
+    mems = memory_in_subprocess(os.path.abspath(__file__), settings)  # fresh process, glibc mmap threshold pinned
+    for r, m in zip(rows, mems):
+        r["mem"] = m
     print(f"{'vocab x dim':>12} {'tok':>5} {'uniq':>5} {'cap':>4} {'fewer':>6} {'path':>8} | "
           f"{'fwd':>6} {'f+b':>6} {'rows':>6} {'rebld':>6} {'mem':>6} | dense f+b ms")
     for r in rows:

@@ -22,9 +22,9 @@ What is measured (float32 unless ``--dtype bf16``):
 * ``mem``: peak memory of one training step, including parameters, input and
   gradients, divided by nn.Linear's. CPU: the process's peak resident set size
   (``VmHWM``, reset through ``/proc/self/clear_refs`` before each step) above
-  the RSS before the step, plus parameter and input bytes. Memory is measured in
-  a second phase, after all timings, with glibc's mmap threshold pinned to 64 KiB
-  (:func:`pin_mmap_threshold`) so freed tensors leave the RSS. Timings run with
+  the RSS before the step, plus parameter and input bytes. Memory is measured
+  after all timings, in a child process with glibc's mmap threshold pinned to 64 KiB
+  (:func:`memory_in_subprocess`) so freed tensors leave the RSS. Timings run with
   the default allocator: a pinned threshold makes every large allocation page-fault
   afresh, which slows the code that allocates intermediates (up to 2x in a forward
   pass) and is not how the layers run in practice. CUDA:
@@ -43,10 +43,12 @@ At the end the MPOLSTM benchmark (``benchmarks/bench_lstm.py``) runs if present.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import re
 import statistics
+import subprocess
 import sys
 import time
 
@@ -162,39 +164,19 @@ def _status_bytes(key: str) -> int:
         return int(re.search(rf"{key}:\s+(\d+) kB", f.read()).group(1)) * 1024
 
 
-def pin_mmap_threshold() -> bool:
-    """glibc: serve every allocation >= 64 KiB by mmap, so freed tensors leave the RSS at once.
+def memory_in_subprocess(script: str, settings: list) -> list:
+    """Run ``script --memory-of JSON`` in a fresh interpreter whose glibc serves every allocation
+    >= 64 KiB by mmap (``MALLOC_MMAP_THRESHOLD_=65536``), so freed tensors leave the RSS at once and
+    the peak RSS of a step measures the tensors it held. Returns the JSON list it prints last.
 
-    Then ``VmHWM`` above the RSS before a step measures the tensors the step held. Without it,
-    glibc's dynamic threshold keeps freed blocks in the heap and the peak RSS measures the allocator.
-    Irreversible in this process (the dynamic threshold stays off), so call it after all timings.
-    Returns False where there is no glibc (the RSS peaks are then upper bounds).
+    A separate process because the setting cannot be applied after the fact: blocks freed earlier
+    under glibc's dynamic threshold stay in the heap and would be reused unseen (measured: 1.77x
+    instead of 1.16x for one setting), and the timing phase must run with the default allocator.
     """
-    libc = _glibc()
-    M_MMAP_THRESHOLD = -3
-    return libc is not None and bool(libc.mallopt(M_MMAP_THRESHOLD, 65536))
-
-
-def _glibc():
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-
-    try:
-        return ctypes.CDLL("libc.so.6")
-    except OSError:
-        return None
-
-
-def release_free_heap() -> None:
-    """glibc ``malloc_trim(0)``: give the free pages inside the heap back to the OS.
-
-    Large blocks freed before :func:`pin_mmap_threshold` stay in the heap's free lists and would be
-    reused without raising the RSS; after trimming, reusing them faults their pages in again.
-    """
-    libc = _glibc()
-    if libc is not None:
-        libc.malloc_trim(0)
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    argv = [sys.executable, script, "--memory-of", json.dumps(settings), "--threads", str(torch.get_num_threads())]
+    done = subprocess.run(argv, env=env, stdout=subprocess.PIPE, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def peak_train_bytes(module, x, device) -> int:
@@ -218,7 +200,6 @@ def peak_step_bytes(module, step, device) -> int:
         torch.cuda.synchronize()
         extra = torch.cuda.max_memory_allocated() - base
     else:
-        release_free_heap()
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # reset VmHWM to the current RSS
         base = _status_bytes("VmRSS")
@@ -290,6 +271,18 @@ def memory_setting(row, device, dtype) -> None:
     row["dense_mem_mb"] = dense_mem / 1e6
 
 
+def _memory_phase(settings: list) -> None:
+    """Child side of :func:`memory_in_subprocess`: memory columns of each setting, printed as one JSON list."""
+    from tqdm import tqdm
+
+    out = []
+    for setting in tqdm(settings, desc="memory", unit="setting", file=sys.stderr):
+        row = dict(setting)
+        memory_setting(row, torch.device("cpu"), {"fp32": torch.float32, "bf16": torch.bfloat16}[row["dtype"]])
+        out.append({"mpo_mem": row["mpo_mem"], "dense_mem_mb": row["dense_mem_mb"]})
+    print(json.dumps(out))
+
+
 def fmt(v, width=6, digits=2):
     return f"{v:>{width}.{digits}f}" if isinstance(v, float) else f"{'-':>{width}}"
 
@@ -314,10 +307,14 @@ def run(quick=False, reps=None, device="cpu", dtype="fp32", peers=True):
 
     rows = [bench_setting(*setting, reps, device, torch_dtype, peers)
             for setting in tqdm(settings, desc="timing", unit="setting", file=sys.stderr)]
-    if device.type == "cpu" and not pin_mmap_threshold():
-        print("note: glibc's mmap threshold could not be pinned; memory ratios measure the allocator too")
-    for r in tqdm(rows, desc="memory", unit="setting", file=sys.stderr):
-        memory_setting(r, device, torch_dtype)
+    if device.type == "cpu":
+        keys = ("in", "out", "tokens", "cap")
+        mems = memory_in_subprocess(os.path.abspath(__file__), [{k: r[k] for k in keys} | {"dtype": dtype} for r in rows])
+        for r, m in zip(rows, mems):
+            r.update(m)
+    else:  # CUDA peaks come from torch's allocator statistics, in this process
+        for r in tqdm(rows, desc="memory", unit="setting", file=sys.stderr):
+            memory_setting(r, device, torch_dtype)
     print(head)
     for r in rows:
         print(
@@ -378,9 +375,13 @@ def main() -> None:
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
     parser.add_argument("--no-peers", action="store_true")
     parser.add_argument("--no-lstm", action="store_true")
+    parser.add_argument("--memory-of", default=None, help=argparse.SUPPRESS)  # internal: the memory phase (JSON settings)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.memory_of is not None:
+        _memory_phase(json.loads(args.memory_of))
+        return
     print_header()
     run(quick=args.quick, reps=args.reps, device=args.device, dtype=args.dtype, peers=not args.no_peers)
     if not args.no_lstm:
