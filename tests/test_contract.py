@@ -102,3 +102,16 @@ def test_mpo_apply_keeps_leading_dims_and_checks_input():
         contract.mpo_apply(torch.randn(4, 29, dtype=torch.float64), list(mpo.cores))
     with pytest.raises(ValueError, match="order must be 3 letters"):
         contract.mpo_apply(x, list(mpo.cores), order="LX")
+
+
+def test_inference_plans_may_peak_at_twice_the_rebuild_plan_and_no_more():
+    # 768 -> 3072 at bond 4 and 8192 tokens: the best contraction's intermediate is as large as the output
+    out_modes, in_modes, bonds, tokens = (4, 4, 8, 6, 4), (4, 4, 3, 4, 4), (4, 4, 4, 4), 8192
+    plan = contract.plan_apply(out_modes, in_modes, bonds, tokens, merged_cached=True)
+    rebuild = contract.plan_apply(out_modes, in_modes, bonds, tokens, merged_cached=True, memory_slack=0.0)
+    assert rebuild.path == "rebuild" and plan.path == "contract"
+    peak = plan.merge_elements + plan.sweep.peak_elements
+    assert rebuild.merge_elements + rebuild.sweep.peak_elements < peak
+    assert peak <= contract.INFERENCE_MEMORY_SLACK * (rebuild.merge_elements + rebuild.sweep.peak_elements)
+    # the training bound is tighter: the same plan would not fit it
+    assert contract.plan_apply(out_modes, in_modes, bonds, tokens, merged_cached=True, memory_slack=1.25).path == "rebuild"

@@ -246,6 +246,17 @@ def _all_plans(out_modes: tuple, in_modes: tuple, bond_dims: tuple, tokens: int)
     return tuple(plans)
 
 
+TRAINING_MEMORY_SLACK = 1.25
+"""Training: what autograd keeps stays alive until backward, for every layer of the model at once, so a
+contraction plan may keep at most 1.25x what the rebuild plan keeps."""
+
+INFERENCE_MEMORY_SLACK = 2.0
+"""Inference: a plan's intermediates are freed as soon as the layer returns, so they raise the model's
+peak by at most one layer's transient. A contraction plan may peak at 2x the rebuild plan (x + W + y):
+at 8192 tokens and bond 4 its intermediate is as large as the output, and the contraction runs in
+0.50-0.58x of dense's time (BENCHMARKS.md), where the 1.25 bound kept the dense matmul (1.00x)."""
+
+
 def _fits_memory(plan: ApplyPlan, rebuild: ApplyPlan, training: bool, slack: float) -> bool:
     if plan.path == "rebuild":
         return True
@@ -263,7 +274,7 @@ def plan_apply(
     merged_cached: bool = False,
     training: bool = False,
     contract_only: bool = False,
-    memory_slack: float = 1.25,
+    memory_slack: float | None = None,
 ) -> ApplyPlan:
     """The plan with the lowest estimated cost.
 
@@ -272,7 +283,10 @@ def plan_apply(
         training: memory is what autograd saves; otherwise the peak of one step.
         contract_only: exclude the single-group (rebuild) plan.
         memory_slack: contraction plans may use at most this times the rebuild plan's memory.
+            Default: :data:`TRAINING_MEMORY_SLACK` when training, else :data:`INFERENCE_MEMORY_SLACK`.
     """
+    if memory_slack is None:
+        memory_slack = TRAINING_MEMORY_SLACK if training else INFERENCE_MEMORY_SLACK
     plans = _all_plans(tuple(out_modes), tuple(in_modes), tuple(bond_dims), int(tokens))
     rebuild = next(p for p in plans if len(p.groups) == 1)
     candidates = [p for p in plans if not (contract_only and p.path == "rebuild" and len(out_modes) > 1)]
@@ -295,7 +309,7 @@ def _sweep_cached(out_modes, in_modes, bond_dims, tokens) -> ContractionPlan:
 
 def contraction_flops(out_modes: Sequence[int], in_modes: Sequence[int], bond_dims: Sequence[int], tokens: int) -> int:
     """FLOPs (merging included) of the contraction :func:`mpo_apply` runs by default for ``tokens`` rows."""
-    return plan_apply(out_modes, in_modes, bond_dims, tokens, contract_only=True).flops
+    return plan_apply(out_modes, in_modes, bond_dims, tokens, contract_only=True, memory_slack=TRAINING_MEMORY_SLACK).flops
 
 
 def rebuild_flops(out_modes: Sequence[int], in_modes: Sequence[int], bond_dims: Sequence[int]) -> int:
@@ -321,7 +335,7 @@ def choose_path(
     *,
     weight_cached: bool = False,
     training: bool = False,
-    memory_slack: float = 1.25,
+    memory_slack: float | None = None,
 ) -> str:
     """``"rebuild"`` or ``"contract"``: the path of :func:`plan_apply`'s best plan."""
     return plan_apply(
@@ -492,7 +506,8 @@ def mpo_apply(
     n = len(cores)
     if groups is None:
         if order is None:
-            plan = plan_apply(out_modes, in_modes, [int(c.shape[3]) for c in cores[:-1]], tokens, contract_only=True)
+            plan = plan_apply(out_modes, in_modes, [int(c.shape[3]) for c in cores[:-1]], tokens, contract_only=True,
+                              memory_slack=TRAINING_MEMORY_SLACK)
             groups, order = plan.groups, plan.order
         else:
             groups = tuple((k, k + 1) for k in range(n))

@@ -140,7 +140,9 @@ def _apply_cost(out_modes, in_modes, dims, tokens: int, path: str, cached: bool)
     if path == "rebuild":
         plan = _rebuild_plan(out_modes, in_modes, dims, tokens)
     else:
-        plan = contract.plan_apply(out_modes, in_modes, dims, tokens, contract_only=True, merged_cached=cached)
+        # the 1.25 memory bound in training and inference alike: the LSTM plans were validated with it
+        plan = contract.plan_apply(out_modes, in_modes, dims, tokens, contract_only=True, merged_cached=cached,
+                                   memory_slack=contract.TRAINING_MEMORY_SLACK)
     return float(plan.estimated_cost(merged_cached=cached))
 
 
@@ -199,7 +201,8 @@ def lstm_cost(lstm, steps: int, batch: int, training: bool = True) -> dict:
                 dense = _apply_cost(out_modes, in_modes, dims, tokens, "rebuild", cached=True)
             else:
                 dense = steps * _apply_cost(out_modes, in_modes, dims, batch, "rebuild", cached=True)
-            merge = contract.plan_apply(out_modes, in_modes, dims, batch, contract_only=True, merged_cached=True)
+            merge = contract.plan_apply(out_modes, in_modes, dims, batch, contract_only=True, merged_cached=True,
+                                        memory_slack=contract.TRAINING_MEMORY_SLACK)
             per_step = _apply_cost(out_modes, in_modes, dims, batch, "contract", cached=True)
             acc["dense_hh"] += dense
             acc["hh_rebuild"] += dense + rebuild

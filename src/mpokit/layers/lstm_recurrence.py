@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 import torch
 
-from ..contract import merge_groups, mpo_apply, plan_apply, sweep
+from ..contract import TRAINING_MEMORY_SLACK, merge_groups, mpo_apply, plan_apply, sweep
 
 __all__ = ["lstm_direction", "LSTMRecurrence", "lengths_from_batch_sizes", "packed_to_padded", "padded_to_packed"]
 
@@ -119,7 +119,8 @@ class _StepOperator:
         out_modes = [int(c.shape[1]) for c in u_tensors]
         in_modes = [int(c.shape[2]) for c in u_tensors]
         bonds = [int(c.shape[3]) for c in u_tensors[:-1]]
-        fwd = plan_apply(out_modes, in_modes, bonds, batch, contract_only=True, merged_cached=True)
+        fwd = plan_apply(out_modes, in_modes, bonds, batch, contract_only=True, merged_cached=True,
+                         memory_slack=TRAINING_MEMORY_SLACK)
         self.merged = merge_groups(list(u_tensors), fwd.groups)
         self.order = fwd.order
         merged_t = [m.transpose(1, 2) for m in self.merged]
