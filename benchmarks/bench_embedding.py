@@ -136,5 +136,6 @@ def main() -> None:
               f"{fmt(r['fwd'])} {fmt(r['f+b'])} {fmt(r['rows'])} {fmt(r['rebuild'])} {fmt(r['mem'])} | "
               f"{r['dense_train_ms']:.1f}", flush=True)
 
+
 if __name__ == "__main__":
     main()

@@ -54,6 +54,7 @@ import time
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from mpokit import contract, shapes
 from mpokit.layers import MPOLinear
@@ -62,6 +63,7 @@ SHAPES = ((768, 768), (768, 3072), (3072, 768))  # (in_features, out_features)
 TOKENS = (512, 8192)
 REDUCTIONS = (1, 4, 16, 64)
 EXTRA_CAPS = (2, 4)
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 MAX_PEER_INTERMEDIATE = 150_000_000  # elements; larger peer runs are skipped (would need > 0.6 GB per tensor)
 
 
@@ -273,12 +275,10 @@ def memory_setting(row, device, dtype) -> None:
 
 def _memory_phase(settings: list) -> None:
     """Child side of :func:`memory_in_subprocess`: memory columns of each setting, printed as one JSON list."""
-    from tqdm import tqdm
-
     out = []
     for setting in tqdm(settings, desc="memory", unit="setting", file=sys.stderr):
         row = dict(setting)
-        memory_setting(row, torch.device("cpu"), {"fp32": torch.float32, "bf16": torch.bfloat16}[row["dtype"]])
+        memory_setting(row, torch.device("cpu"), DTYPES[row["dtype"]])
         out.append({"mpo_mem": row["mpo_mem"], "dense_mem_mb": row["dense_mem_mb"]})
     print(json.dumps(out))
 
@@ -289,7 +289,7 @@ def fmt(v, width=6, digits=2):
 
 def run(quick=False, reps=None, device="cpu", dtype="fp32", peers=True):
     device = torch.device(device)
-    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    torch_dtype = DTYPES[dtype]
     reps = reps or 3  # tripled for settings whose training step takes < 0.1 s
     settings = []
     for in_f, out_f in (SHAPES[:1] if quick else SHAPES):
@@ -303,8 +303,6 @@ def run(quick=False, reps=None, device="cpu", dtype="fp32", peers=True):
           f"ratios = candidate / nn.Linear (time: below 1 is faster; mem: peak of a training step)")
     head = (f"{'shape':>10} {'tok':>5} {'set':>5} {'cap':>4} {'fewer':>7} {'ctr/dn':>7} {'plan(train)':>14} {'plan(fwd)':>14} |"
             f" {'mpo fwd':>7} {'f+b':>6} {'mem':>5} {'min:fwd':>7} {'f+b':>5} | {'tl fwd':>6} {'f+b':>6} {'r':>3} | {'tm fwd':>6} {'f+b':>6} {'r':>3}")
-    from tqdm import tqdm
-
     rows = [bench_setting(*setting, reps, device, torch_dtype, peers)
             for setting in tqdm(settings, desc="timing", unit="setting", file=sys.stderr)]
     if device.type == "cpu":

@@ -254,7 +254,7 @@ INFERENCE_MEMORY_SLACK = 2.0
 """Inference: a plan's intermediates are freed as soon as the layer returns, so they raise the model's
 peak by at most one layer's transient. A contraction plan may peak at 2x the rebuild plan (x + W + y):
 at 8192 tokens and bond 4 its intermediate is as large as the output, and the contraction runs in
-0.50-0.58x of dense's time (BENCHMARKS.md), where the 1.25 bound kept the dense matmul (1.00x)."""
+0.47-0.61x of dense's time (BENCHMARKS.md), where the 1.25 bound kept the dense matmul (1.00x)."""
 
 
 def _fits_memory(plan: ApplyPlan, rebuild: ApplyPlan, training: bool, slack: float) -> bool:

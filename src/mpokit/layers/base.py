@@ -109,7 +109,7 @@ class MPOModule(nn.Module):
 
     def grad_needed(self) -> bool:
         """Whether a call now builds an autograd graph to the cores."""
-        return torch.is_grad_enabled() and any(p.requires_grad for p in self.cores._parameters.values())
+        return torch.is_grad_enabled() and any(p.requires_grad for p in self.core_list())
 
     @property
     def n_cores(self) -> int:

@@ -198,8 +198,7 @@ class MPOLinear(MPOModule):
         if I != self.out_features:
             y = y[:, : self.out_features]
         if self.bias is not None:
-            # in place: y is the sweep's fresh output (matmul backward does not keep its output)
-            y = y.add_(self.bias.to(y.dtype)) if I == self.out_features else y + self.bias.to(y.dtype)
+            y = y.add_(self.bias.to(y.dtype))  # in place: y is (a view of) the sweep's fresh output, which backward does not keep
         return y.reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:
