@@ -184,3 +184,55 @@ def test_smoke_presets(tmp_path, task):
     run(cfg, tmp_path, progress=False)
     n = len(cfg.seeds) * (1 + 2 * len(cfg.rates))
     _check_outputs(tmp_path, n)
+
+
+def _row(method, rate, seed, lr, valid, test):
+    return {"method": method, "rate": rate, "seed": seed, "lr": lr, "metric_valid": valid, "metric_test": test}
+
+
+def test_learning_rate_selection_uses_validation_only():
+    from mpokit.experiments.lstm_report import learning_rate_table, select_learning_rates
+
+    rows = [
+        # mpo rate 10: lr 3e-3 has the better mean validation (71 vs 70) but the worse test: it is still chosen
+        _row("mpo", 10, 0, 1e-3, 70.0, 80.0), _row("mpo", 10, 1, 1e-3, 70.0, 80.0),
+        _row("mpo", 10, 0, 3e-3, 72.0, 60.0), _row("mpo", 10, 1, 3e-3, 70.0, 60.0),
+        # pruning rate 10: a tie on validation goes to the smaller learning rate
+        _row("pruning", 10, 0, 1e-3, 65.0, 1.0), _row("pruning", 10, 0, 3e-3, 65.0, 2.0),
+    ]
+    kept, chosen = select_learning_rates(rows, higher_is_better=True)
+    assert chosen == {("mpo", 10.0): 3e-3, ("pruning", 10.0): 1e-3}
+    assert sorted((r["method"], r["seed"], r["lr"]) for r in kept) == [("mpo", 0, 3e-3), ("mpo", 1, 3e-3), ("pruning", 0, 1e-3)]
+    _, chosen_low = select_learning_rates(rows, higher_is_better=False)  # perplexity: lower is better
+    assert chosen_low[("mpo", 10.0)] == 1e-3
+    table = learning_rate_table(rows, "validation accuracy", True)
+    assert "| MPO-LSTM | 10 | 70.00 ± 0.00 | **71.00 ± 1.41** |" in table
+
+
+def test_learning_rate_grid_runs_each_rate_and_resumes(tmp_path):
+    from mpokit import cli
+    from mpokit.experiments.lstm_report import read_runs, write_runs
+
+    args = ["lstm", "classify", "--preset", "tiny", "--methods", "dense,mpo", "--lrs", "1e-3,3e-3",
+            "--out", str(tmp_path), "--no-progress"]
+    assert cli.main(args) == 0
+    rows = read_runs(tmp_path / "runs.csv")
+    assert sorted((r["method"], r["lr"]) for r in rows) == [("dense", 1e-3), ("dense", 3e-3), ("mpo", 1e-3), ("mpo", 3e-3)]
+    text = (tmp_path / "results.md").read_text()
+    assert "per learning rate" in text and "lr 0.001 | lr 0.003" in text
+    # a runs.csv from before the lr column: its runs count as the config's lr (tiny: 3e-3) on resume
+    write_runs([{k: v for k, v in r.items() if k != "lr"} for r in rows if r["lr"] == 3e-3], tmp_path / "runs.csv")
+    assert {r["lr"] for r in read_runs(tmp_path / "runs.csv")} == {""}
+    assert cli.main(args + ["--resume"]) == 0
+    again = read_runs(tmp_path / "runs.csv")
+    assert sorted((r["method"], r["lr"]) for r in again) == sorted((r["method"], r["lr"]) for r in rows)
+
+
+@pytest.mark.parametrize("grid", [(0.0,), (1e-3, -1e-3), (float("nan"),), (1e-3, 1e-3)])
+def test_bad_learning_rate_grid_is_rejected(grid):
+    from mpokit.experiments.lstm_classification import config_from_preset
+    from mpokit.experiments.lstm_lm import config_from_preset as lm_config
+
+    for make in (config_from_preset, lm_config):
+        with pytest.raises(ValueError, match="lr_grid"):
+            make("tiny", lr_grid=grid)

@@ -48,6 +48,10 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--seeds", type=_ints, default=None, help="seeds, e.g. 0,1,2")
     parser.add_argument("--methods", type=_names, default=None, help="subset of dense,mpo,pruning")
     parser.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
+    parser.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: the preset's)")
+    parser.add_argument("--lrs", type=_numbers, default=None,
+                        help="learning-rate grid, e.g. 3e-4,1e-3,3e-3: every run once per value; each (method, rate) "
+                             "is reported at its best mean validation metric")
     parser.add_argument("--train-size", type=int, default=None,
                         help="classify: training sentences; lm: training tokens (default: the preset's)")
     parser.add_argument("--resume", action="store_true", help="skip runs already in OUT/runs.csv")
@@ -62,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    overrides = {"rates": args.rates, "seeds": args.seeds, "methods": args.methods, "epochs": args.epochs}
+    overrides = {"rates": args.rates, "seeds": args.seeds, "methods": args.methods, "epochs": args.epochs,
+                 "lr": args.lr, "lr_grid": args.lrs}
     if args.task == "classify":
         from ..experiments.lstm_classification import config_from_preset, run_classification as run_task
 

@@ -29,7 +29,8 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from .lstm_common import METHODS, PAPER_RATES, Timer, build_lstm, dense_parameters, make_optimizers, preset_config, run_record, set_seed
+from .lstm_common import (METHODS, PAPER_RATES, Timer, build_lstm, check_learning_rates, dense_parameters, make_optimizers,
+                          preset_config, run_record, set_seed)
 from .lstm_runner import eligible_from_epoch, run_experiment
 
 
@@ -49,6 +50,7 @@ class ClassifyConfig:
     epochs: int = 4
     batch_size: int = 64
     lr: float = 1e-3  # Adam
+    lr_grid: tuple = ()  # learning rates tried per (method, rate); each picks its best on validation. () = just lr
     clip: float = 5.0  # gradient-norm clip
     prune_begin: float = 0.0  # fraction of all steps where gradual pruning starts
     prune_end: float = 0.5  # ... and reaches the target (then fine-tuning)
@@ -65,6 +67,7 @@ class ClassifyConfig:
             raise ValueError(f"need 0 <= prune_begin <= prune_end <= 1, got {self.prune_begin}, {self.prune_end}; e.g. 0.0, 0.5")
         if not self.seeds:
             raise ValueError("seeds must not be empty; e.g. seeds=(0, 1, 2)")
+        check_learning_rates(self.lr, self.lr_grid)
 
 
 PRESETS_BASE = ClassifyConfig()

@@ -44,6 +44,16 @@ def check_methods_rates(methods: Sequence[str], rates: Sequence[float]) -> tuple
     return methods, rates
 
 
+def check_learning_rates(lr: float, lr_grid: Sequence[float]) -> None:
+    """Validate a config's learning rate and its optional grid (every value finite and > 0)."""
+    for value in (lr, *lr_grid):
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ValueError(f"learning rates must be finite numbers > 0, got lr={lr!r}, lr_grid={tuple(lr_grid)!r}; "
+                             "e.g. lr_grid=(3e-4, 1e-3, 3e-3)")
+    if len(set(lr_grid)) != len(tuple(lr_grid)):
+        raise ValueError(f"lr_grid has repeated values: {tuple(lr_grid)}; e.g. (3e-4, 1e-3, 3e-3)")
+
+
 def set_seed(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
@@ -167,7 +177,7 @@ def run_record(task: str, metric_name: str, cfg, method: str, rate: float, seed:
     k = max(1, min(10, len(losses) // 4))
     weights = lstm_weight_count(model.lstm)
     return {
-        "task": task, "preset": cfg.preset, "method": method, "rate": rate, "seed": seed,
+        "task": task, "preset": cfg.preset, "method": method, "rate": rate, "seed": seed, "lr": cfg.lr,
         "metric_name": metric_name, "metric_valid": best[0], "metric_test": best[1], "best_epoch": best[2],
         "epochs": cfg.epochs, "first_loss": sum(losses[:k]) / k, "last_loss": sum(losses[-k:]) / k,
         "lstm_dense_weights": build.dense_weights, "lstm_weights": weights,

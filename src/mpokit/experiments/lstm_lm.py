@@ -31,7 +31,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .lstm_common import METHODS, PAPER_RATES, Timer, build_lstm, dense_parameters, make_optimizers, preset_config, run_record, set_seed
+from .lstm_common import (METHODS, PAPER_RATES, Timer, build_lstm, check_learning_rates, dense_parameters, make_optimizers,
+                          preset_config, run_record, set_seed)
 from .lstm_runner import eligible_from_epoch, run_experiment
 
 
@@ -51,6 +52,7 @@ class LMConfig:
     bptt: int = 35
     eval_batch_size: int = 10
     lr: float = 2e-3  # Adam
+    lr_grid: tuple = ()  # learning rates tried per (method, rate); each picks its best on validation. () = just lr
     clip: float = 0.5
     prune_begin: float = 0.0
     prune_end: float = 0.5
@@ -67,6 +69,7 @@ class LMConfig:
             raise ValueError(f"need 0 <= prune_begin <= prune_end <= 1, got {self.prune_begin}, {self.prune_end}; e.g. 0.0, 0.5")
         if not self.seeds:
             raise ValueError("seeds must not be empty; e.g. seeds=(0, 1, 2)")
+        check_learning_rates(self.lr, self.lr_grid)
 
 
 PRESETS = {

@@ -16,7 +16,7 @@ from typing import Iterable, Sequence
 from .lstm_common import METHOD_LABELS
 
 RUN_FIELDS = (
-    "task", "preset", "method", "rate", "seed", "metric_valid", "metric_test", "metric_name",
+    "task", "preset", "method", "rate", "seed", "lr", "metric_valid", "metric_test", "metric_name",
     "best_epoch", "epochs", "first_loss", "last_loss", "lstm_dense_weights", "lstm_weights",
     "achieved_rate", "model_params", "bond_dims", "sparsity", "train_s_per_epoch", "infer_s_per_epoch",
 )
@@ -66,7 +66,41 @@ def write_runs(rows: Sequence[dict], path: str | os.PathLike) -> pathlib.Path:
 
 
 def run_key(row: dict) -> tuple:
-    return (str(row["method"]), float(row["rate"]), int(row["seed"]))
+    """(method, rate, seed, learning rate): what identifies a run in ``runs.csv``."""
+    return (str(row["method"]), float(row["rate"]), int(row["seed"]), float(row["lr"]))
+
+
+def select_learning_rates(rows: Sequence[dict], higher_is_better: bool) -> tuple[list[dict], dict[tuple[str, float], float]]:
+    """Per (method, rate), keep the runs of the learning rate with the best mean validation metric over
+    seeds (ties: the smaller rate). Returns (kept rows, {(method, rate): chosen lr}). Test metrics play
+    no part in the choice."""
+    means: dict[tuple[str, float], dict[float, list[float]]] = {}
+    for r in rows:
+        means.setdefault((r["method"], float(r["rate"])), {}).setdefault(float(r["lr"]), []).append(float(r["metric_valid"]))
+    sign = -1.0 if higher_is_better else 1.0
+    chosen = {key: min(by_lr, key=lambda lr: (sign * statistics.fmean(by_lr[lr]), lr)) for key, by_lr in means.items()}
+    kept = [r for r in rows if float(r["lr"]) == chosen[(r["method"], float(r["rate"]))]]
+    return kept, chosen
+
+
+def learning_rate_table(rows: Sequence[dict], title: str, higher_is_better: bool, digits: int = 2) -> str:
+    """Validation metric (mean ± std over seeds) per (method, rate) and learning rate; the chosen one in bold."""
+    _, chosen = select_learning_rates(rows, higher_is_better)
+    lrs = sorted({float(r["lr"]) for r in rows})
+    lines = [
+        f"**{title}** per learning rate (mean ± std over seeds; bold: chosen, by validation alone)",
+        "",
+        "| method | rate | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |",
+        "|---|---|" + "---|" * len(lrs),
+    ]
+    for method, rate in sorted(chosen, key=lambda k: (k[1], k[0])):
+        cells = []
+        for lr in lrs:
+            stat = _stats(r["metric_valid"] for r in rows if r["method"] == method and float(r["rate"]) == rate and float(r["lr"]) == lr)
+            text = _fmt(stat, digits)
+            cells.append(f"**{text}**" if lr == chosen[(method, rate)] and stat[2] else text)
+        lines.append(f"| {METHOD_LABELS[method]} | {_rate_label(rate)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _stats(values: Iterable[float]) -> tuple[float, float, int]:

@@ -2,6 +2,11 @@
 
 Order: seed-major (every method and rate for seed 0, then seed 1, ...), so an interrupted run still
 has complete seeds. With ``resume=True`` runs already in ``runs.csv`` are skipped.
+
+Learning rates: with ``config.lr_grid`` every (method, rate, seed) runs once per learning rate, and the
+tables and plot report, per (method, rate), the learning rate whose mean validation metric is best
+(:func:`mpokit.experiments.lstm_report.select_learning_rates`); results.md adds the validation table
+of every learning rate. Without a grid every run uses ``config.lr``.
 """
 
 from __future__ import annotations
@@ -11,14 +16,15 @@ import math
 import pathlib
 import platform
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Callable, Sequence
 
 import torch
 
 from .lstm_common import check_methods_rates
-from .lstm_report import markdown_table, plot_metric, read_runs, run_key, timing_table, write_runs
+from .lstm_report import (learning_rate_table, markdown_table, plot_metric, read_runs, run_key, select_learning_rates,
+                          timing_table, write_runs)
 
 
 @dataclass
@@ -68,17 +74,21 @@ def run_experiment(
     csv_path, table_path = out_dir / "runs.csv", out_dir / "results.md"
     (out_dir / "config.json").write_text(json.dumps({"task": task, **asdict(config)}, indent=2, default=str))
     rows = read_runs(csv_path) if resume else []
+    for r in rows:  # runs.csv files written before the lr column: their runs used the config's lr
+        if r.get("lr") in (None, ""):
+            r["lr"] = config.lr
     done = {run_key(r) for r in rows}
     pairs = grid(config.methods, config.rates)
-    todo = [(s, m, r) for s in config.seeds for m, r in pairs if (m, float(r), int(s)) not in done]
+    lrs = tuple(config.lr_grid) or (config.lr,)
+    todo = [(s, lr, m, r) for s in config.seeds for lr in lrs for m, r in pairs if (m, float(r), int(s), float(lr)) not in done]
     data = prepare(config)
-    for seed, method, rate in tqdm(todo, desc=f"lstm {task} runs", disable=not progress, mininterval=5):
-        row = train_one(config, data, method, rate, seed, progress)
+    for seed, lr, method, rate in tqdm(todo, desc=f"lstm {task} runs", disable=not progress, mininterval=5):
+        row = train_one(replace(config, lr=lr, lr_grid=()), data, method, rate, seed, progress)
         rows.append(row)
         write_runs(rows, csv_path)
         if progress:
             tqdm.write(
-                f"[{task}] {method:8s} rate {rate:>4} seed {seed}: {metric[0]} valid {row['metric_valid']:.3f} "
+                f"[{task}] {method:8s} rate {rate:>4} seed {seed} lr {lr:g}: {metric[0]} valid {row['metric_valid']:.3f} "
                 f"test {row['metric_test']:.3f} | {row['lstm_weights']:,} LSTM weights | "
                 f"{row['train_s_per_epoch']:.1f} s/epoch train"
             )
@@ -93,12 +103,15 @@ def run_experiment(
         f"- config: `{json.dumps(asdict(config), default=str)}`",
         "",
     ]
+    shown, _ = select_learning_rates(rows, higher)
     body = [
-        markdown_table(rows, "metric_test", f"test {name}", higher, digits),
-        markdown_table(rows, "metric_valid", f"validation {name}", higher, digits),
+        markdown_table(shown, "metric_test", f"test {name}", higher, digits),
+        markdown_table(shown, "metric_valid", f"validation {name}", higher, digits),
         "Time per epoch (same machine, same data):\n",
-        timing_table(rows),
+        timing_table(shown),
     ]
+    if len({float(r["lr"]) for r in rows}) > 1:
+        body.insert(2, learning_rate_table(rows, f"validation {name}", higher, digits))
     table_path.write_text("\n".join(header) + "\n" + "\n".join(body))
-    plots = [plot_metric(rows, "metric_test", f"test {ylabel}", out_dir / f"{task}_test_{name}.png", f"LSTM {task}: test {name} vs rate")]
+    plots = [plot_metric(shown, "metric_test", f"test {ylabel}", out_dir / f"{task}_test_{name}.png", f"LSTM {task}: test {name} vs rate")]
     return ExperimentResult(rows, out_dir, csv_path, table_path, plots)
