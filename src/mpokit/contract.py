@@ -411,8 +411,30 @@ def _step(state: torch.Tensor, batch: int, k: int, rest: int, a: torch.Tensor) -
     if rest == 1:
         # (batch, k) @ (k, m) -> (batch, m): one plain matmul
         return state.reshape(batch, k) @ a.T
-    # (m, k) @ (batch, k, rest) -> (batch, m, rest): batched matmul, the core broadcast
-    return torch.matmul(a, state.reshape(batch, k, rest))
+    state = state.reshape(batch, k, rest)
+    if _batched_beats_folded(state, a, rest):
+        # (batch, m, k) @ (batch, k, rest) -> (batch, m, rest): one bmm over a stride-0 view of the core, no copies
+        return torch.bmm(a.expand(batch, *a.shape), state)
+    # torch.matmul folds the batch into one big matmul when it likes: copies of the state in and out
+    return torch.matmul(a, state)
+
+
+def _batched_beats_folded(state: torch.Tensor, a: torch.Tensor, rest: int) -> bool:
+    """CPU: a batch of small matmuls (bmm) against ``torch.matmul``'s folding of ``(batch, k, rest)``
+    into one ``(batch * rest, k)`` matmul, which copies the state transposed and the result back.
+    ``torch.matmul`` folds whenever ``a`` requires grad, even under ``no_grad``. Measured on one core
+    (``benchmarks/bench_steps.py``, BENCHMARKS.md): in inference bmm takes 0.2-0.6x the time once
+    ``rest >= 6`` and both core sides are >= 8 (0.7-0.85x at ``rest = 4`` for cores of >= 256 elements);
+    in training (forward + backward) 0.5-0.95x once ``rest >= 12``, and about even at ``rest = 8``. Tiny
+    cores (4 x 8) gain only from ``rest >= 16``. Other devices keep ``torch.matmul`` (not measured)."""
+    if state.device.type != "cpu":
+        return False
+    m, k = a.shape
+    if rest >= 16:
+        return True
+    if torch.is_grad_enabled() and (a.requires_grad or state.requires_grad):
+        return min(m, k) >= 8 and rest >= 12
+    return (min(m, k) >= 8 and rest >= 6) or (m * k >= 256 and rest >= 4)
 
 
 def _sweep_left(x: torch.Tensor, cores: Sequence[torch.Tensor]) -> torch.Tensor:
