@@ -29,7 +29,7 @@ What is measured (float32 unless ``--dtype bf16``):
   afresh, which slows the code that allocates intermediates (up to 2x in a forward
   pass) and is not how the layers run in practice. CUDA:
   ``torch.cuda.max_memory_allocated`` above the allocation before the step, plus
-  the same bytes;
+  the same bytes. The tensorly-torch peer's memory is measured the same way (``tl mem``);
 * ``ctr/dense``: the cost model's FLOPs of the best pure contraction (merging
   allowed, no full rebuild) over dense FLOPs; ``plan``: the plan MPOLinear runs
   in training and in inference (``R`` = rebuild, else merged groups ``[first last]``
@@ -261,15 +261,21 @@ def bench_setting(in_f, out_f, tokens, cap, label, reps, device, dtype, peers=Tr
 
 
 def memory_setting(row, device, dtype) -> None:
-    """Add ``mpo_mem``: peak training-step memory of MPOLinear over nn.Linear's, fresh modules of the row's setting."""
+    """Add ``mpo_mem`` (and ``tltorch_mem`` when the row has a tensorly-torch rank): peak training-step
+    memory over nn.Linear's, fresh modules of the row's setting."""
     in_f, out_f, tokens = row["in"], row["out"], row["tokens"]
     mpo = MPOLinear(in_f, out_f, bond_dim=row["cap"], device=device, dtype=dtype).eval()
     dense = nn.Linear(in_f, out_f, device=device, dtype=dtype).eval()
+    modules = {"dense": dense, "mpo": mpo}
+    if row.get("tltorch_rank") is not None:
+        modules["tltorch"] = tltorch_peer(in_f, out_f, mpo.in_modes, mpo.out_modes, n_params(mpo), device, dtype)[0].eval()
     x = torch.randn(tokens, in_f, device=device, dtype=dtype)
-    for module in (dense, mpo):  # warm-up: one-off allocations (thread pools, plan caches) stay out of the peak
+    for module in modules.values():  # warm-up: one-off allocations (thread pools, plan caches) stay out of the peak
         _train(module, x, device)
     dense_mem = peak_train_bytes(dense, x, device)
-    row["mpo_mem"] = peak_train_bytes(mpo, x, device) / dense_mem
+    for name, module in modules.items():
+        if name != "dense":
+            row[f"{name}_mem"] = peak_train_bytes(module, x, device) / dense_mem
     row["dense_mem_mb"] = dense_mem / 1e6
 
 
@@ -279,7 +285,7 @@ def _memory_phase(settings: list) -> None:
     for setting in tqdm(settings, desc="memory", unit="setting", file=sys.stderr):
         row = dict(setting)
         memory_setting(row, torch.device("cpu"), DTYPES[row["dtype"]])
-        out.append({"mpo_mem": row["mpo_mem"], "dense_mem_mb": row["dense_mem_mb"]})
+        out.append({k: v for k, v in row.items() if k.endswith("_mem") or k == "dense_mem_mb"})
     print(json.dumps(out))
 
 
@@ -302,12 +308,12 @@ def run(quick=False, reps=None, device="cpu", dtype="fp32", peers=True):
     print(f"MPOLinear vs nn.Linear on {device} ({dtype}), {torch.get_num_threads()} thread(s), median of {reps} (x3 when a training step takes < 0.1 s, 1 when > 2 s); "
           f"ratios = candidate / nn.Linear (time: below 1 is faster; mem: peak of a training step)")
     head = (f"{'shape':>10} {'tok':>5} {'set':>5} {'cap':>4} {'fewer':>7} {'ctr/dn':>7} {'plan(train)':>14} {'plan(fwd)':>14} |"
-            f" {'mpo fwd':>7} {'f+b':>6} {'mem':>5} {'min:fwd':>7} {'f+b':>5} | {'tl fwd':>6} {'f+b':>6} {'r':>3} | {'tm fwd':>6} {'f+b':>6} {'r':>3}")
+            f" {'mpo fwd':>7} {'f+b':>6} {'mem':>5} {'min:fwd':>7} {'f+b':>5} | {'tl fwd':>6} {'f+b':>6} {'mem':>5} {'r':>3} | {'tm fwd':>6} {'f+b':>6} {'r':>3}")
     rows = [bench_setting(*setting, reps, device, torch_dtype, peers)
             for setting in tqdm(settings, desc="timing", unit="setting", file=sys.stderr)]
     if device.type == "cpu":
-        keys = ("in", "out", "tokens", "cap")
-        mems = memory_in_subprocess(os.path.abspath(__file__), [{k: r[k] for k in keys} | {"dtype": dtype} for r in rows])
+        keys = ("in", "out", "tokens", "cap", "tltorch_rank")
+        mems = memory_in_subprocess(os.path.abspath(__file__), [{k: r.get(k) for k in keys} | {"dtype": dtype} for r in rows])
         for r, m in zip(rows, mems):
             r.update(m)
     else:  # CUDA peaks come from torch's allocator statistics, in this process
@@ -319,7 +325,7 @@ def run(quick=False, reps=None, device="cpu", dtype="fp32", peers=True):
             f"{r['in']:>4}->{r['out']:<5} {r['tokens']:>5} {r['label']:>5} {r['cap']:>4} {r['reduction']:>7.1f} {r['ctr_flops']:>7.2f} "
             f"{r['plan_train']:>14} {r['plan_fwd']:>14} | {fmt(r.get('mpo_fwd'), 7)} {fmt(r.get('mpo_train'))} {fmt(r.get('mpo_mem'), 5)} "
             f"{fmt(r.get('mpo_fwd_min'), 7)} {fmt(r.get('mpo_train_min'), 5)} | "
-            f"{fmt(r.get('tltorch_fwd'))} {fmt(r.get('tltorch_train'))} {r.get('tltorch_rank', '-'):>3} | "
+            f"{fmt(r.get('tltorch_fwd'))} {fmt(r.get('tltorch_train'))} {fmt(r.get('tltorch_mem'), 5)} {r.get('tltorch_rank', '-'):>3} | "
             f"{fmt(r.get('torch_mpo_fwd'))} {fmt(r.get('torch_mpo_train'))} {r.get('torch_mpo_rank', '-'):>3}"
             + (f"  [{r['torch_mpo_error']}]" if "torch_mpo_error" in r else "")
             + (f"  [tltorch {r['tltorch_error']}]" if "tltorch_error" in r else ""),
@@ -351,7 +357,9 @@ def summarize(rows):
         both = [r for r in rows if f"{peer}_fwd" in r]
         lost = [r for r in both if r["mpo_fwd"] > r[f"{peer}_fwd"] or r["mpo_train"] > r[f"{peer}_train"]]
         print(f"target: faster than {peer}: {len(both) - len(lost)}/{len(both)} settings hold" + ("" if not lost else
-              "; misses: " + ", ".join(f"{r['in']}->{r['out']} {r['tokens']} tok {r['label']}" for r in lost)))
+              "; misses: " + ", ".join(f"{r['in']}->{r['out']} {r['tokens']} tok {r['label']}"
+                                       + (f" (its memory {r[f'{peer}_mem']:.2f}x dense)" if f"{peer}_mem" in r else "")
+                                       for r in lost)))
     worst_mem = max(rows, key=lambda r: r["mpo_mem"])
     print(f"target: peak memory <= 1.25x dense: worst {worst_mem['mpo_mem']:.2f} ({worst_mem['in']}->{worst_mem['out']}, "
           f"{worst_mem['tokens']} tok, {worst_mem['label']})")

@@ -145,4 +145,5 @@ def test_batched_step_rule():
     assert not contract._batched_beats_folded(state, core, 6)  # training: fold until rest 12
     assert contract._batched_beats_folded(state, core, 12)
     assert contract._batched_beats_folded(state, torch.randn(4, 8), 16)
+    assert not contract._batched_beats_folded(state, torch.nn.Parameter(torch.randn(64, 384)), 12)  # grad transient > state
     assert not contract._batched_beats_folded(state.to("meta"), core, 32)

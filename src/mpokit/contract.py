@@ -426,15 +426,17 @@ def _batched_beats_folded(state: torch.Tensor, a: torch.Tensor, rest: int) -> bo
     (``benchmarks/bench_steps.py``, BENCHMARKS.md): in inference bmm takes 0.2-0.6x the time once
     ``rest >= 6`` and both core sides are >= 8 (0.7-0.85x at ``rest = 4`` for cores of >= 256 elements);
     in training (forward + backward) 0.5-0.95x once ``rest >= 12``, and about even at ``rest = 8``. Tiny
-    cores (4 x 8) gain only from ``rest >= 16``. Other devices keep ``torch.matmul`` (not measured)."""
+    cores (4 x 8) gain only from ``rest >= 16``. Training also needs ``m <= rest``: bmm's backward forms
+    the core's gradient per batch entry, ``(batch, m, k)`` elements, before summing; with ``m <= rest``
+    that transient is no larger than the state ``(batch, k, rest)`` that backward keeps anyway (measured:
+    without this bound one 3072 -> 768 training step at 512 tokens peaked at 2.3x nn.Linear's memory).
+    Other devices keep ``torch.matmul`` (not measured)."""
     if state.device.type != "cpu":
         return False
     m, k = a.shape
-    if rest >= 16:
-        return True
     if torch.is_grad_enabled() and (a.requires_grad or state.requires_grad):
-        return min(m, k) >= 8 and rest >= 12
-    return (min(m, k) >= 8 and rest >= 6) or (m * k >= 256 and rest >= 4)
+        return m <= rest and (rest >= 16 or (min(m, k) >= 8 and rest >= 12))
+    return rest >= 16 or (min(m, k) >= 8 and rest >= 6) or (m * k >= 256 and rest >= 4)
 
 
 def _sweep_left(x: torch.Tensor, cores: Sequence[torch.Tensor]) -> torch.Tensor:
