@@ -236,3 +236,12 @@ def test_bad_learning_rate_grid_is_rejected(grid):
     for make in (config_from_preset, lm_config):
         with pytest.raises(ValueError, match="lr_grid"):
             make("tiny", lr_grid=grid)
+
+
+def test_cli_presets_exist_for_both_tasks():
+    from mpokit.commands import lstm as command
+    from mpokit.experiments import lstm_classification, lstm_lm
+
+    assert set(command.PRESETS) == set(lstm_classification.PRESETS) == set(lstm_lm.PRESETS)
+    assert lstm_lm.PRESETS["medium"].eval_tokens is None  # the standard valid / test perplexities
+    assert lstm_classification.PRESETS["medium"].train_size is None  # all the training sentences

@@ -12,7 +12,7 @@ import argparse
 import shlex
 import sys
 
-PRESETS = ("tiny", "smoke", "small", "full")
+PRESETS = ("tiny", "smoke", "small", "medium", "full")
 
 
 def _numbers(text: str) -> tuple:
@@ -42,7 +42,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument("task", choices=("classify", "lm"), help="classify: Rotten Tomatoes accuracy; lm: PTB perplexity")
     parser.add_argument("--preset", choices=PRESETS, default="smoke",
-                        help="tiny (unit test), smoke (about a minute on CPU), small (CPU, tens of minutes), full (GPU)")
+                        help="tiny (unit test), smoke (about a minute on CPU), small (CPU, tens of minutes), medium (all "
+                             "evaluation data; CPU, a few minutes per run), full (GPU, or ~4 min per classification run on CPU)")
     parser.add_argument("--out", default=None, metavar="DIR", help="output folder (default: runs/lstm_<task>_<preset>)")
     parser.add_argument("--rates", type=_numbers, default=None, help="compression rates, e.g. 5,10,15,20,25,50,75,100")
     parser.add_argument("--seeds", type=_ints, default=None, help="seeds, e.g. 0,1,2")
