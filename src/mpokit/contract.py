@@ -391,9 +391,11 @@ def merge_groups(cores: Sequence[torch.Tensor], groups: Sequence[tuple[int, int]
 def sweep(x: torch.Tensor, cores: Sequence[torch.Tensor], order: str) -> torch.Tensor:
     """Contract ``x (tokens, J)`` with ``cores`` one at a time in ``order``; returns ``(tokens, I)``.
 
-    Pure orders (all ``"L"``, or ``"R"`` then a final letter) run copy-free: every step is one
-    matmul of a small core matrix with a view of the state, whose layout keeps the summed indices
-    adjacent. Mixed orders run through einsum (correct, but each step copies the state).
+    Pure orders (all ``"L"``, or ``"R"`` then a final letter) need no permutation of the state: every
+    step is one matmul of a small core matrix with a view of the state, whose layout keeps the summed
+    indices adjacent (a plain matmul, or a bmm over the broadcast core; see :func:`_step` for when
+    ``torch.matmul``'s fold, which copies, is used instead). Mixed orders run through einsum (correct,
+    but each step copies the state).
     """
     n = len(cores)
     if len(order) != n or set(order) - {"L", "R"}:
