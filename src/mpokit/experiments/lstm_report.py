@@ -70,22 +70,32 @@ def run_key(row: dict) -> tuple:
     return (str(row["method"]), float(row["rate"]), int(row["seed"]), float(row["lr"]))
 
 
+def _validation_by_lr(rows: Sequence[dict]) -> dict[tuple[str, float], dict[float, list[float]]]:
+    """(method, rate) -> learning rate -> validation metrics over seeds."""
+    groups: dict[tuple[str, float], dict[float, list[float]]] = {}
+    for r in rows:
+        groups.setdefault((r["method"], float(r["rate"])), {}).setdefault(float(r["lr"]), []).append(float(r["metric_valid"]))
+    return groups
+
+
+def _chosen_lrs(groups: dict, higher_is_better: bool) -> dict[tuple[str, float], float]:
+    sign = -1.0 if higher_is_better else 1.0
+    return {key: min(by_lr, key=lambda lr: (sign * statistics.fmean(by_lr[lr]), lr)) for key, by_lr in groups.items()}
+
+
 def select_learning_rates(rows: Sequence[dict], higher_is_better: bool) -> tuple[list[dict], dict[tuple[str, float], float]]:
     """Per (method, rate), keep the runs of the learning rate with the best mean validation metric over
     seeds (ties: the smaller rate). Returns (kept rows, {(method, rate): chosen lr}). Test metrics play
     no part in the choice."""
-    means: dict[tuple[str, float], dict[float, list[float]]] = {}
-    for r in rows:
-        means.setdefault((r["method"], float(r["rate"])), {}).setdefault(float(r["lr"]), []).append(float(r["metric_valid"]))
-    sign = -1.0 if higher_is_better else 1.0
-    chosen = {key: min(by_lr, key=lambda lr: (sign * statistics.fmean(by_lr[lr]), lr)) for key, by_lr in means.items()}
+    chosen = _chosen_lrs(_validation_by_lr(rows), higher_is_better)
     kept = [r for r in rows if float(r["lr"]) == chosen[(r["method"], float(r["rate"]))]]
     return kept, chosen
 
 
 def learning_rate_table(rows: Sequence[dict], title: str, higher_is_better: bool, digits: int = 2) -> str:
     """Validation metric (mean ± std over seeds) per (method, rate) and learning rate; the chosen one in bold."""
-    _, chosen = select_learning_rates(rows, higher_is_better)
+    groups = _validation_by_lr(rows)
+    chosen = _chosen_lrs(groups, higher_is_better)
     lrs = sorted({float(r["lr"]) for r in rows})
     lines = [
         f"**{title}** per learning rate (mean ± std over seeds; bold: chosen, by validation alone)",
@@ -93,12 +103,12 @@ def learning_rate_table(rows: Sequence[dict], title: str, higher_is_better: bool
         "| method | rate | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |",
         "|---|---|" + "---|" * len(lrs),
     ]
-    for method, rate in sorted(chosen, key=lambda k: (k[1], k[0])):
+    for method, rate in sorted(groups, key=lambda k: (k[1], k[0])):
         cells = []
         for lr in lrs:
-            stat = _stats(r["metric_valid"] for r in rows if r["method"] == method and float(r["rate"]) == rate and float(r["lr"]) == lr)
+            stat = _stats(groups[(method, rate)].get(lr, []))
             text = _fmt(stat, digits)
-            cells.append(f"**{text}**" if lr == chosen[(method, rate)] and stat[2] else text)
+            cells.append(f"**{text}**" if lr == chosen[(method, rate)] else text)
         lines.append(f"| {METHOD_LABELS[method]} | {_rate_label(rate)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
