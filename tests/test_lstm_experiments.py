@@ -1,5 +1,6 @@
 """LSTM experiments: budgets per rate, pruning masks, MPO-LSTM equivalence, tiny presets end to end."""
 
+import json
 import math
 
 import pytest
@@ -49,6 +50,56 @@ def test_budget_within_5_percent_of_target(rate, num_layers):
     assert nonzeros == mpo_count == lstm_weight_count(pruned.lstm)
     assert abs(nonzeros - target) / target <= 0.05
     assert abs(pruner.sparsity() - (1 - 1 / rate)) <= 0.05 / rate
+
+
+@pytest.mark.parametrize("n_cores", [2, 3, 5])
+def test_budget_with_other_core_counts_matches_mpo_and_pruning(n_cores):
+    torch.manual_seed(0)
+    target = dense_lstm_weight_count(256, 256, 1) / 10
+    mpo = build_lstm("mpo", 256, 256, 1, 10, mpo_cores=n_cores)
+    assert all(len(m.cores) == n_cores for _, m in mpo.lstm.weight_modules())
+    count = _independent_mpo_count(mpo.lstm)
+    assert count == mpo.budget == sum(mpo_lstm_weight_counts(256, 256, 1, 10, n_cores).values())
+    assert abs(count - target) / target <= 0.05, f"{n_cores} cores: {count} vs target {target:.0f}"
+    assert build_lstm("pruning", 256, 256, 1, 10, mpo_cores=n_cores).pruner_nonzeros == count
+
+
+def test_cli_core_count_reaches_the_mpo_lstm(tmp_path):
+    from mpokit import cli
+    from mpokit.experiments.lstm_report import read_runs
+
+    args = ["lstm", "lm", "--preset", "tiny", "--methods", "mpo", "--mpo-cores", "3", "--out", str(tmp_path), "--no-progress"]
+    assert cli.main(args) == 0
+    (row,) = read_runs(tmp_path / "runs.csv")
+    assert all(len(spec.split(":")[1].split("x")) == 2 for spec in row["bond_dims"].split(";")), row["bond_dims"]
+    assert json.loads((tmp_path / "config.json").read_text())["mpo_cores"] == 3
+
+
+def test_resume_refuses_a_folder_trained_with_other_settings(tmp_path, capsys):
+    from mpokit import cli
+    from mpokit.experiments.lstm_report import read_runs
+
+    base = ["lstm", "lm", "--preset", "tiny", "--methods", "mpo", "--out", str(tmp_path), "--no-progress"]
+    assert cli.main(base) == 0
+    csv_before = (tmp_path / "runs.csv").read_bytes()
+    assert cli.main(base + ["--resume", "--mpo-cores", "3"]) != 0
+    assert "mpo_cores: 4 -> 3" in capsys.readouterr().err
+    assert cli.main(base + ["--resume", "--epochs", "3"]) != 0
+    assert "epochs: 2 -> 3" in capsys.readouterr().err
+    assert (tmp_path / "runs.csv").read_bytes() == csv_before  # nothing lost or overwritten
+    assert json.loads((tmp_path / "config.json").read_text())["mpo_cores"] == 4
+    assert cli.main(base + ["--resume", "--seeds", "0,1"]) == 0  # more seeds: allowed
+    assert len(read_runs(tmp_path / "runs.csv")) == 2
+
+
+@pytest.mark.parametrize("n_cores", [1, 0, 2.5, True])
+def test_bad_core_count_is_rejected(n_cores):
+    from mpokit.experiments.lstm_classification import config_from_preset
+    from mpokit.experiments.lstm_lm import config_from_preset as lm_config
+
+    for make in (config_from_preset, lm_config):
+        with pytest.raises(ValueError, match="mpo_cores"):
+            make("tiny", mpo_cores=n_cores)
 
 
 def test_cubic_schedule_zhu_gupta():

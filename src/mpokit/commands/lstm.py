@@ -53,6 +53,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--lrs", type=_numbers, default=None,
                         help="learning-rate grid, e.g. 3e-4,1e-3,3e-3: every run once per value; each (method, rate) "
                              "is reported at its best mean validation metric")
+    parser.add_argument("--mpo-cores", type=int, default=None,
+                        help="cores per MPO of the MPO-LSTM (default 4: modes 256 -> 8x2x2x8); also sets pruning's budget")
     parser.add_argument("--train-size", type=int, default=None,
                         help="classify: training sentences; lm: training tokens (default: the preset's)")
     parser.add_argument("--resume", action="store_true", help="skip runs already in OUT/runs.csv")
@@ -68,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     overrides = {"rates": args.rates, "seeds": args.seeds, "methods": args.methods, "epochs": args.epochs,
-                 "lr": args.lr, "lr_grid": args.lrs}
+                 "lr": args.lr, "lr_grid": args.lrs, "mpo_cores": args.mpo_cores}
     if args.task == "classify":
         from ..experiments.lstm_classification import config_from_preset, run_classification as run_task
 

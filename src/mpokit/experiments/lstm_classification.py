@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from .lstm_common import (METHODS, PAPER_RATES, Timer, build_lstm, check_learning_rates, dense_parameters, make_optimizers,
+from .lstm_common import (METHODS, PAPER_RATES, Timer, build_lstm, check_learning_rates, check_mpo_cores, dense_parameters, make_optimizers,
                           preset_config, run_record, set_seed)
 from .lstm_runner import eligible_from_epoch, run_experiment
 
@@ -52,6 +52,7 @@ class ClassifyConfig:
     lr: float = 1e-3  # Adam
     lr_grid: tuple = ()  # learning rates tried per (method, rate); each picks its best on validation. () = just lr
     clip: float = 5.0  # gradient-norm clip
+    mpo_cores: int = 4  # cores per MPO of the MPO-LSTM (modes: mpokit.layers.lstm.lstm_modes); sets the budget of pruning too
     prune_begin: float = 0.0  # fraction of all steps where gradual pruning starts
     prune_end: float = 0.5  # ... and reaches the target (then fine-tuning)
     prune_frequency: int = 10  # steps between mask updates
@@ -68,6 +69,7 @@ class ClassifyConfig:
         if not self.seeds:
             raise ValueError("seeds must not be empty; e.g. seeds=(0, 1, 2)")
         check_learning_rates(self.lr, self.lr_grid)
+        check_mpo_cores(self.mpo_cores)
 
 
 PRESETS_BASE = ClassifyConfig()
@@ -147,7 +149,7 @@ def train_one(cfg: ClassifyConfig, data: ClassifyData, method: str, rate: float,
     from ..baselines.lstm_pruning import LSTMPruner
 
     set_seed(seed)
-    build = build_lstm(method, cfg.embed_dim, cfg.hidden_size, 1, rate, batch_first=True)
+    build = build_lstm(method, cfg.embed_dim, cfg.hidden_size, 1, rate, batch_first=True, mpo_cores=cfg.mpo_cores)
     model = LSTMClassifier(data.vocab_size, cfg.embed_dim, build.lstm, 2, cfg.dropout)
     ids, lengths, labels = data.train
     steps_per_epoch = -(-len(labels) // cfg.batch_size)

@@ -54,21 +54,28 @@ def check_learning_rates(lr: float, lr_grid: Sequence[float]) -> None:
         raise ValueError(f"lr_grid has repeated values: {tuple(lr_grid)}; e.g. (3e-4, 1e-3, 3e-3)")
 
 
+def check_mpo_cores(n_cores) -> None:
+    """Validate the number of cores per MPO of an experiment (an int >= 2: one core is the dense matrix)."""
+    if isinstance(n_cores, bool) or not isinstance(n_cores, int) or n_cores < 2:
+        raise ValueError(f"mpo_cores must be an int >= 2 (one core is the dense matrix), got {n_cores!r}; e.g. mpo_cores=4")
+
+
 def set_seed(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
 
 
-def mpo_lstm_weight_counts(input_size: int, hidden_size: int, num_layers: int, rate: float) -> dict[str, int]:
-    """MPO parameters of each W / U (``weight_ih_l0``, ``weight_hh_l0``, ...) of an MPOLSTM at ``rate``,
-    computed from the modes and bond formula alone (no module is built, no RNG is touched)."""
+def mpo_lstm_weight_counts(input_size: int, hidden_size: int, num_layers: int, rate: float, n_cores: int = 4) -> dict[str, int]:
+    """MPO parameters of each W / U (``weight_ih_l0``, ``weight_hh_l0``, ...) of an MPOLSTM at ``rate``
+    with ``n_cores`` cores, computed from the modes and bond formula alone (no module is built, no RNG
+    is touched)."""
     from ..layers.lstm import bond_dim_for_rate, gate_modes, lstm_modes
 
-    hidden_modes = lstm_modes(hidden_size)
+    hidden_modes = lstm_modes(hidden_size, n_cores)
     out_modes = gate_modes(hidden_modes)
     counts = {}
     for layer in range(num_layers):
-        in_modes = lstm_modes(input_size if layer == 0 else hidden_size)
+        in_modes = lstm_modes(input_size if layer == 0 else hidden_size, n_cores)
         for kind, cols in (("ih", in_modes), ("hh", hidden_modes)):
             d = bond_dim_for_rate(out_modes, cols, rate)
             dims = shapes.consistent_bond_dims(out_modes, cols, [d] * (len(out_modes) - 1))
@@ -98,20 +105,22 @@ class LSTMBuild:
         return ";".join(f"{name}:{'x'.join(map(str, m.bond_dims))}" for name, m in self.lstm.weight_modules())
 
 
-def build_lstm(method: str, input_size: int, hidden_size: int, num_layers: int, rate: float, *, dropout: float = 0.0, batch_first: bool = False) -> LSTMBuild:
+def build_lstm(method: str, input_size: int, hidden_size: int, num_layers: int, rate: float, *, dropout: float = 0.0,
+               batch_first: bool = False, mpo_cores: int = 4) -> LSTMBuild:
     """The LSTM of ``method`` at ``rate`` (ignored for dense). The pruning LSTM starts dense; attach an
-    :class:`~mpokit.baselines.lstm_pruning.LSTMPruner` with ``final_nonzeros=build.budget``."""
+    :class:`~mpokit.baselines.lstm_pruning.LSTMPruner` with ``final_nonzeros=build.budget``.
+    ``mpo_cores``: cores per MPO (the MPO-LSTM's, and through the budget also pruning's)."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {METHODS}, e.g. 'mpo'")
     dense = dense_lstm_weight_count(input_size, hidden_size, num_layers)
     kwargs = dict(num_layers=num_layers, dropout=dropout, batch_first=batch_first)
     if method == "dense":
         return LSTMBuild(method, 1, nn.LSTM(input_size, hidden_size, **kwargs), dense, dense)
-    budget = sum(mpo_lstm_weight_counts(input_size, hidden_size, num_layers, rate).values())
+    budget = sum(mpo_lstm_weight_counts(input_size, hidden_size, num_layers, rate, mpo_cores).values())
     if method == "mpo":
         from ..layers.lstm import MPOLSTM
 
-        lstm = MPOLSTM(input_size, hidden_size, rate=rate, **kwargs)
+        lstm = MPOLSTM(input_size, hidden_size, rate=rate, n_cores=mpo_cores, **kwargs)
         if lstm.num_weight_params() != budget:  # internal invariant: both use the same bond formula
             raise AssertionError(f"MPOLSTM has {lstm.num_weight_params()} weights, the budget formula says {budget}")
         return LSTMBuild(method, rate, lstm, dense, budget)

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .lstm_common import (METHODS, PAPER_RATES, Timer, build_lstm, check_learning_rates, dense_parameters, make_optimizers,
+from .lstm_common import (METHODS, PAPER_RATES, Timer, build_lstm, check_learning_rates, check_mpo_cores, dense_parameters, make_optimizers,
                           preset_config, run_record, set_seed)
 from .lstm_runner import eligible_from_epoch, run_experiment
 
@@ -54,6 +54,7 @@ class LMConfig:
     lr: float = 2e-3  # Adam
     lr_grid: tuple = ()  # learning rates tried per (method, rate); each picks its best on validation. () = just lr
     clip: float = 0.5
+    mpo_cores: int = 4  # cores per MPO of the MPO-LSTM (modes: mpokit.layers.lstm.lstm_modes); sets the budget of pruning too
     prune_begin: float = 0.0
     prune_end: float = 0.5
     prune_frequency: int = 10
@@ -70,6 +71,7 @@ class LMConfig:
         if not self.seeds:
             raise ValueError("seeds must not be empty; e.g. seeds=(0, 1, 2)")
         check_learning_rates(self.lr, self.lr_grid)
+        check_mpo_cores(self.mpo_cores)
 
 
 PRESETS = {
@@ -152,7 +154,7 @@ def train_one(cfg: LMConfig, data: LMData, method: str, rate: float, seed: int, 
     from ..data import bptt_windows
 
     set_seed(seed)
-    build = build_lstm(method, cfg.embed_dim, cfg.hidden_size, cfg.num_layers, rate, dropout=cfg.dropout)
+    build = build_lstm(method, cfg.embed_dim, cfg.hidden_size, cfg.num_layers, rate, dropout=cfg.dropout, mpo_cores=cfg.mpo_cores)
     model = LSTMLanguageModel(data.vocab_size, cfg.embed_dim, build.lstm, cfg.dropout)
     steps_per_epoch = len(range(0, data.train.size(0) - 1, cfg.bptt))
     total = cfg.epochs * steps_per_epoch

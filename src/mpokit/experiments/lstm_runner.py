@@ -46,6 +46,32 @@ def grid(methods: Sequence[str], rates: Sequence[float]) -> list[tuple[str, floa
     return pairs
 
 
+# config fields that may change between a run and its resumption (they select runs, not how one trains)
+RESUMABLE_CHANGES = ("preset", "rates", "seeds", "methods", "lr", "lr_grid")
+
+
+def check_resumable(config_path: pathlib.Path, task: str, config) -> None:
+    """Refuse to resume into a folder whose runs were trained with other settings (a mixed runs.csv
+    would compare unlike runs). Fields missing from an older config.json count as their defaults."""
+    if not config_path.exists():
+        return
+    try:
+        stored = json.loads(config_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"cannot resume: {config_path} is not readable JSON ({exc}); remove it or use another --out") from None
+    if stored.get("task", task) != task:
+        raise ValueError(f"cannot resume: {config_path.parent} holds a {stored.get('task')!r} experiment, not {task!r}; "
+                         "use another --out")
+    current = json.loads(json.dumps(asdict(config), default=str))
+    defaults = json.loads(json.dumps(asdict(type(config)()), default=str))
+    changed = [f"{k}: {stored.get(k, defaults[k])!r} -> {v!r}" for k, v in current.items()
+               if k not in RESUMABLE_CHANGES and stored.get(k, defaults[k]) != v]
+    if changed:
+        raise ValueError(f"cannot resume into {config_path.parent}: its runs used other settings ({'; '.join(changed)}). "
+                         f"Only {', '.join(RESUMABLE_CHANGES)} may change on --resume; use another --out, e.g. "
+                         f"{config_path.parent}_new")
+
+
 def eligible_from_epoch(epochs: int, steps_per_epoch: int, prune_end: float) -> int:
     """First epoch (1-based) that ends after pruning reached its final sparsity. Model selection
     (best validation) uses only these epochs, for every method alike."""
@@ -72,6 +98,8 @@ def run_experiment(
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path, table_path = out_dir / "runs.csv", out_dir / "results.md"
+    if resume:
+        check_resumable(out_dir / "config.json", task, config)
     (out_dir / "config.json").write_text(json.dumps({"task": task, **asdict(config)}, indent=2, default=str))
     rows = read_runs(csv_path) if resume else []
     for r in rows:  # runs.csv files written before the lr column: their runs used the config's lr
