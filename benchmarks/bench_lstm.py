@@ -13,7 +13,9 @@ the predicted time ratio of MPOLSTM's chosen plan (:func:`mpokit.layers.lstm.lst
 and the FLOPs of contracting W (all tokens) and U (per step) / dense. Two extra rows
 (not in the issue) use fewer cores at rate 100, where contraction is cheap.
 
-Usage: ``python benchmarks/bench_lstm.py [--quick] [--execution auto|fused|stepwise] [--threads N]``.
+Usage: ``python benchmarks/bench_lstm.py [--quick] [--execution auto|fused|stepwise] [--threads N] [--device cpu|cuda]``.
+On CUDA every timer synchronises the device (the cost model's plan is the CPU one; ``--execution
+fused`` pins MPOLSTM to the fused kernel, cuDNN's there).
 """
 
 from __future__ import annotations
@@ -32,18 +34,27 @@ HIDDEN_SIZES = (256, 1024)
 RATES = (1, 10, 50)
 
 
+def _sync(x: torch.Tensor) -> None:
+    if x.device.type == "cuda":
+        torch.cuda.synchronize(x.device)
+
+
 def _train_step(module: nn.Module, x: torch.Tensor) -> float:
     module.zero_grad(set_to_none=True)
+    _sync(x)
     start = time.perf_counter()
     y, _ = module(x)
     y.square().mean().backward()
+    _sync(x)
     return time.perf_counter() - start
 
 
 def _forward(module: nn.Module, x: torch.Tensor) -> float:
     with torch.no_grad():
+        _sync(x)
         start = time.perf_counter()
         module(x)
+        _sync(x)
         return time.perf_counter() - start
 
 
@@ -63,13 +74,13 @@ def _plan_name(plan: dict) -> str:
 
 
 def bench_setting(
-    hidden: int, rate: float, reps: int = 3, execution: str = "auto", n_cores: int = 4, seed: int = 0
+    hidden: int, rate: float, reps: int = 3, execution: str = "auto", n_cores: int = 4, seed: int = 0, device: str = "cpu"
 ) -> dict:
     """Time one setting; returns a row with seconds, ratios and the cost model's numbers."""
     torch.manual_seed(seed)
-    ref = nn.LSTM(hidden, hidden)
-    mpo = MPOLSTM(hidden, hidden, rate=rate, n_cores=n_cores, execution=execution)
-    x = torch.randn(SEQ_LEN, BATCH, hidden)
+    ref = nn.LSTM(hidden, hidden, device=device)
+    mpo = MPOLSTM(hidden, hidden, rate=rate, n_cores=n_cores, execution=execution, device=device)
+    x = torch.randn(SEQ_LEN, BATCH, hidden, device=device)
     ref_train, mpo_train = _alternate(_train_step, ref, mpo, x, reps)
     ref_fwd, mpo_fwd = _alternate(_forward, ref, mpo, x, reps)
     tokens = SEQ_LEN * BATCH
@@ -104,14 +115,14 @@ def bench_setting(
 CONTRACTION_SETTINGS = ((1024, 100, 3), (1024, 100, 2))
 
 
-def run(quick: bool = False, execution: str = "auto", reps: int | None = None) -> list[dict]:
+def run(quick: bool = False, execution: str = "auto", reps: int | None = None, device: str = "cpu") -> list[dict]:
     """Run all settings (``quick``: hidden 256 only, 2 repetitions) and print one table; returns the rows."""
     settings = [(h, r, 4) for h in (HIDDEN_SIZES[:1] if quick else HIDDEN_SIZES) for r in RATES]
     if not quick:
         settings += list(CONTRACTION_SETTINGS)
     reps = reps if reps is not None else (2 if quick else 3)
     print(
-        f"MPOLSTM vs nn.LSTM, seq {SEQ_LEN}, batch {BATCH}, float32, {torch.get_num_threads()} thread(s), "
+        f"MPOLSTM vs nn.LSTM, seq {SEQ_LEN}, batch {BATCH}, float32, device {device}, {torch.get_num_threads()} thread(s), "
         f"execution={execution!r}, median of {reps}"
     )
     print(
@@ -120,7 +131,7 @@ def run(quick: bool = False, execution: str = "auto", reps: int | None = None) -
     )
     rows = []
     for hidden, rate, n_cores in settings:
-        r = bench_setting(hidden, rate, reps=reps, execution=execution, n_cores=n_cores)
+        r = bench_setting(hidden, rate, reps=reps, execution=execution, n_cores=n_cores, device=device)
         rows.append(r)
         print(
             f"{hidden:>6} {rate:>4} {n_cores:>2} {r['measured_rate']:>6.2f} | {_plan_name(r['plan_train']):>12} "
@@ -143,10 +154,11 @@ def main() -> None:
     parser.add_argument("--execution", default="auto", choices=("auto", "fused", "stepwise"))
     parser.add_argument("--reps", type=int, default=None, help="timed repetitions per setting (median reported)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: unchanged)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    run(quick=args.quick, execution=args.execution, reps=args.reps)
+    run(quick=args.quick, execution=args.execution, reps=args.reps, device=args.device)
 
 
 if __name__ == "__main__":
