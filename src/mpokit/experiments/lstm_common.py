@@ -5,7 +5,8 @@ Methods (``METHODS``):
 * ``"dense"``: ``nn.LSTM`` (rate 1);
 * ``"mpo"``: :class:`mpokit.layers.lstm.MPOLSTM` trained from scratch (random init, as in the
   MPO-LSTM paper): every W (4H x X) and U (4H x H) is one MPO with the gates stacked in the first
-  out mode and a uniform bond chosen per rate by :func:`mpokit.layers.lstm.bond_dim_for_rate`;
+  out mode and a uniform bond chosen per rate by :func:`mpokit.layers.lstm.bond_dim_for_rate`
+  (four cores by default, as in the paper; the configs' ``mpo_cores`` changes that);
 * ``"pruning"``: ``nn.LSTM`` whose W and U are pruned gradually by magnitude (cubic schedule,
   :class:`mpokit.baselines.lstm_pruning.LSTMPruner`) to **exactly** as many non-zeros as the
   MPO-LSTM of the same rate has parameters, then fine-tuned.
