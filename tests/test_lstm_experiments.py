@@ -92,6 +92,39 @@ def test_resume_refuses_a_folder_trained_with_other_settings(tmp_path, capsys):
     assert len(read_runs(tmp_path / "runs.csv")) == 2
 
 
+def test_combine_merges_folders_and_refuses_mismatches(tmp_path, capsys):
+    from mpokit import cli
+    from mpokit.experiments.lstm_report import aggregate, read_runs
+
+    def train(name, *extra):
+        args = ["lstm", "lm", "--preset", "tiny", "--methods", "mpo", "--out", str(tmp_path / name), "--no-progress"]
+        assert cli.main(args + list(extra)) == 0
+
+    train("s0", "--seeds", "0")
+    train("s1", "--seeds", "1")
+    parts = read_runs(tmp_path / "s0" / "runs.csv") + read_runs(tmp_path / "s1" / "runs.csv")
+    assert cli.main(["lstm", "lm", "--combine", str(tmp_path / "s0"), str(tmp_path / "s1"), "--out", str(tmp_path / "all")]) == 0
+    merged = read_runs(tmp_path / "all" / "runs.csv")
+    assert sorted(map(str, merged)) == sorted(map(str, parts)) and len(merged) == 2
+    assert aggregate(merged, "metric_test") == aggregate(parts, "metric_test")  # mean ± std over both seeds
+    mean, _, n = aggregate(merged, "metric_test")[("mpo", 10.0)]
+    assert n == 2 and mean == pytest.approx(sum(r["metric_test"] for r in parts if r["method"] == "mpo") / 2)
+    report = (tmp_path / "all" / "results.md").read_text()
+    assert "combined" in report and "| 10 |" in report and list((tmp_path / "all").glob("*.png"))
+    capsys.readouterr()
+
+    before = (tmp_path / "all" / "runs.csv").read_bytes()
+    assert cli.main(["lstm", "lm", "--combine", str(tmp_path / "s0"), str(tmp_path / "s0"), "--out", str(tmp_path / "all")]) != 0
+    assert "in both" in capsys.readouterr().err
+    train("s2_other", "--seeds", "2", "--epochs", "1")
+    assert cli.main(["lstm", "lm", "--combine", str(tmp_path / "s0"), str(tmp_path / "s2_other"), "--out", str(tmp_path / "all")]) != 0
+    assert "epochs" in capsys.readouterr().err
+    assert cli.main(["lstm", "classify", "--combine", str(tmp_path / "s0"), "--out", str(tmp_path / "all")]) != 0
+    assert "not 'classify'" in capsys.readouterr().err
+    assert cli.main(["lstm", "lm", "--combine", str(tmp_path / "s0")]) != 0  # no --out
+    assert (tmp_path / "all" / "runs.csv").read_bytes() == before  # refused combinations change nothing
+
+
 @pytest.mark.parametrize("n_cores", [1, 0, 2.5, True])
 def test_bad_core_count_is_rejected(n_cores):
     from mpokit.experiments.lstm_classification import config_from_preset

@@ -58,14 +58,31 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--train-size", type=int, default=None,
                         help="classify: training sentences; lm: training tokens (default: the preset's)")
     parser.add_argument("--resume", action="store_true", help="skip runs already in OUT/runs.csv")
+    parser.add_argument("--combine", nargs="+", default=None, metavar="DIR",
+                        help="train nothing: merge the runs of these experiment folders (e.g. seeds run as parallel "
+                             "processes) into --out, with one runs.csv, results.md and plot")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.set_defaults(func=run)
     return parser
 
 
+def _command() -> str | None:
+    """The command line as typed, when run as ``mpokit ...``."""
+    if sys.argv and sys.argv[0].endswith("mpokit"):
+        return "mpokit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
+
+    if args.combine:
+        from ..experiments.lstm_runner import combine_runs
+
+        if not args.out:
+            raise ValueError("--combine needs --out for the merged folder, e.g. --out runs/lstm_classify_full_all")
+        return _report(combine_runs(args.task, args.combine, args.out, command=_command()))
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -80,8 +97,10 @@ def run(args: argparse.Namespace) -> int:
 
         cfg = config_from_preset(args.preset, train_tokens=args.train_size, **overrides)
     out = args.out or f"runs/lstm_{args.task}_{args.preset}"
-    command = "mpokit " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv and sys.argv[0].endswith("mpokit") else None
-    result = run_task(cfg, out, progress=not args.no_progress, resume=args.resume, command=command)
+    return _report(run_task(cfg, out, progress=not args.no_progress, resume=args.resume, command=_command()))
+
+
+def _report(result) -> int:
     print(result.table_path.read_text())
     print(f"wrote {result.csv_path}, {result.table_path}, " + ", ".join(str(p) for p in result.plot_paths))
     return 0

@@ -31,7 +31,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 from .lstm_common import (METHODS, PAPER_RATES, Timer, build_lstm, check_learning_rates, check_mpo_cores, dense_parameters, make_optimizers,
                           preset_config, run_record, set_seed)
-from .lstm_runner import eligible_from_epoch, run_experiment
+from .lstm_runner import METRICS, eligible_from_epoch, run_experiment
 
 
 @dataclass(frozen=True)
@@ -197,7 +197,7 @@ def train_one(cfg: ClassifyConfig, data: ClassifyData, method: str, rate: float,
 
 def run_classification(cfg: ClassifyConfig, out_dir, *, progress: bool = True, resume: bool = False, command: str | None = None):
     """Run the whole grid of ``cfg`` and write ``runs.csv``, ``results.md`` and the PNG plot to ``out_dir``."""
-    return run_experiment("classify", cfg, out_dir, prepare_data, train_one, ("accuracy", "accuracy (%)", True, 2),
+    return run_experiment("classify", cfg, out_dir, prepare_data, train_one, METRICS["classify"],
                           progress=progress, resume=resume, command=command)
 
 

@@ -33,7 +33,7 @@ from torch import nn
 
 from .lstm_common import (METHODS, PAPER_RATES, Timer, build_lstm, check_learning_rates, check_mpo_cores, dense_parameters, make_optimizers,
                           preset_config, run_record, set_seed)
-from .lstm_runner import eligible_from_epoch, run_experiment
+from .lstm_runner import METRICS, eligible_from_epoch, run_experiment
 
 
 @dataclass(frozen=True)
@@ -201,7 +201,7 @@ def train_one(cfg: LMConfig, data: LMData, method: str, rate: float, seed: int, 
 
 def run_language_model(cfg: LMConfig, out_dir, *, progress: bool = True, resume: bool = False, command: str | None = None):
     """Run the whole grid of ``cfg`` and write ``runs.csv``, ``results.md`` and the PNG plot to ``out_dir``."""
-    return run_experiment("lm", cfg, out_dir, prepare_data, train_one, ("perplexity", "perplexity", False, 1),
+    return run_experiment("lm", cfg, out_dir, prepare_data, train_one, METRICS["lm"],
                           progress=progress, resume=resume, command=command)
 
 

@@ -121,16 +121,21 @@ def run_experiment(
                 f"{row['train_s_per_epoch']:.1f} s/epoch train"
             )
     write_runs(rows, csv_path)
-    name, ylabel, higher, digits = metric
     header = [
-        f"# LSTM {task}: dense vs MPO-LSTM vs pruning-LSTM",
-        "",
         f"- preset `{config.preset}`; written {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}; "
         f"torch {torch.__version__}, {platform.machine()}, {torch.get_num_threads()} thread(s)",
         f"- command: `{command or ' '.join(sys.argv)}`",
         f"- config: `{json.dumps(asdict(config), default=str)}`",
-        "",
     ]
+    table_path, plots = write_report(task, rows, out_dir, metric, header)
+    return ExperimentResult(rows, out_dir, csv_path, table_path, plots)
+
+
+def write_report(task: str, rows: Sequence[dict], out_dir: pathlib.Path, metric: tuple[str, str, bool, int],
+                 header: Sequence[str]) -> tuple[pathlib.Path, list[pathlib.Path]]:
+    """``results.md`` (test and validation tables at each (method, rate)'s chosen learning rate, the
+    per-lr validation table when several were tried, time per epoch) and the PNG of the test metric."""
+    name, ylabel, higher, digits = metric
     shown, _ = select_learning_rates(rows, higher)
     body = [
         markdown_table(shown, "metric_test", f"test {name}", higher, digits),
@@ -140,6 +145,62 @@ def run_experiment(
     ]
     if len({float(r["lr"]) for r in rows}) > 1:
         body.insert(2, learning_rate_table(rows, f"validation {name}", higher, digits))
-    table_path.write_text("\n".join(header) + "\n" + "\n".join(body))
+    table_path = out_dir / "results.md"
+    title = [f"# LSTM {task}: dense vs MPO-LSTM vs pruning-LSTM", "", *header, ""]
+    table_path.write_text("\n".join(title) + "\n" + "\n".join(body))
     plots = [plot_metric(shown, "metric_test", f"test {ylabel}", out_dir / f"{task}_test_{name}.png", f"LSTM {task}: test {name} vs rate")]
+    return table_path, plots
+
+
+METRICS = {"classify": ("accuracy", "accuracy (%)", True, 2), "lm": ("perplexity", "perplexity", False, 1)}
+
+
+def combine_runs(task: str, sources: Sequence[str | pathlib.Path], out_dir: str | pathlib.Path,
+                 *, command: str | None = None) -> ExperimentResult:
+    """Merge the runs of several experiment folders (e.g. seeds or rates run as parallel processes) into
+    one ``out_dir`` with runs.csv, results.md and the PNG, as if one command had run them all.
+
+    Every source needs a runs.csv; their config.json files must agree on everything but the rates, seeds,
+    methods and learning rates (as for ``--resume``), and no run (method, rate, seed, lr) may appear twice.
+    Rows without an ``lr`` (older files) take their folder's configured ``lr``."""
+    if task not in METRICS:
+        raise ValueError(f"unknown task {task!r}; choose from {tuple(METRICS)}, e.g. 'classify'")
+    out_dir = pathlib.Path(out_dir)
+    dirs = [pathlib.Path(s) for s in sources]
+    if len(dirs) < 1:
+        raise ValueError("combine needs at least one source folder, e.g. runs/a runs/b")
+    rows, origin, reference = [], {}, None
+    for d in dirs:
+        if d.resolve() == out_dir.resolve():
+            raise ValueError(f"the output folder {out_dir} is also a source; write the combination elsewhere, e.g. {out_dir}_all")
+        runs = read_runs(d / "runs.csv")
+        if not runs:
+            raise ValueError(f"{d / 'runs.csv'} is missing or has no runs; every source folder needs one, e.g. runs/lstm_classify_smoke")
+        config = json.loads((d / "config.json").read_text()) if (d / "config.json").exists() else {}
+        if config.get("task", task) != task or any(r.get("task", task) != task for r in runs):
+            raise ValueError(f"{d} holds {config.get('task') or runs[0].get('task')!r} runs, not {task!r}")
+        settings = {k: v for k, v in config.items() if k not in (*RESUMABLE_CHANGES, "task")}
+        if reference is None:
+            reference = (d, settings)
+        elif settings != reference[1]:
+            changed = sorted(k for k in set(settings) | set(reference[1]) if settings.get(k) != reference[1].get(k))
+            raise ValueError(f"{d} was trained with other settings than {reference[0]} ({', '.join(changed)} differ); "
+                             "only rates, seeds, methods and learning rates may differ between combined folders")
+        for r in runs:
+            if r.get("lr") in (None, ""):
+                r["lr"] = config.get("lr", "")
+            key = run_key(r)
+            if key in origin:
+                raise ValueError(f"run {key} (method, rate, seed, lr) is in both {origin[key]} and {d}; drop one of them")
+            origin[key] = d
+            rows.append(r)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv_path = write_runs(rows, out_dir / "runs.csv")
+    (out_dir / "config.json").write_text(json.dumps({"task": task, **reference[1], "combined_from": [str(d) for d in dirs]},
+                                                    indent=2, default=str))
+    header = [
+        f"- combined {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} from {', '.join(f'`{d}`' for d in dirs)}",
+        f"- command: `{command or ' '.join(sys.argv)}`",
+    ]
+    table_path, plots = write_report(task, rows, out_dir, METRICS[task], header)
     return ExperimentResult(rows, out_dir, csv_path, table_path, plots)
