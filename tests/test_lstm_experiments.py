@@ -113,6 +113,12 @@ def test_combine_merges_folders_and_refuses_mismatches(tmp_path, capsys):
     assert "combined" in report and "| 10 |" in report and list((tmp_path / "all").glob("*.png"))
     capsys.readouterr()
 
+    config = json.loads((tmp_path / "s1" / "config.json").read_text())
+    del config["mpo_cores"]  # as written before that field existed: counts as its default, 4
+    (tmp_path / "s1" / "config.json").write_text(json.dumps(config))
+    assert cli.main(["lstm", "lm", "--combine", str(tmp_path / "s0"), str(tmp_path / "s1"), "--out", str(tmp_path / "all")]) == 0
+    capsys.readouterr()
+
     before = (tmp_path / "all" / "runs.csv").read_bytes()
     assert cli.main(["lstm", "lm", "--combine", str(tmp_path / "s0"), str(tmp_path / "s0"), "--out", str(tmp_path / "all")]) != 0
     assert "in both" in capsys.readouterr().err

@@ -155,6 +155,14 @@ def write_report(task: str, rows: Sequence[dict], out_dir: pathlib.Path, metric:
 METRICS = {"classify": ("accuracy", "accuracy (%)", True, 2), "lm": ("perplexity", "perplexity", False, 1)}
 
 
+def _config_defaults(task: str) -> dict:
+    if task == "classify":
+        from .lstm_classification import ClassifyConfig as config_class
+    else:
+        from .lstm_lm import LMConfig as config_class
+    return json.loads(json.dumps(asdict(config_class()), default=str))
+
+
 def combine_runs(task: str, sources: Sequence[str | pathlib.Path], out_dir: str | pathlib.Path,
                  *, command: str | None = None) -> ExperimentResult:
     """Merge the runs of several experiment folders (e.g. seeds or rates run as parallel processes) into
@@ -170,6 +178,7 @@ def combine_runs(task: str, sources: Sequence[str | pathlib.Path], out_dir: str 
     if len(dirs) < 1:
         raise ValueError("combine needs at least one source folder, e.g. runs/a runs/b")
     rows, origin, reference = [], {}, None
+    defaults = _config_defaults(task)  # fields missing from older config.json files count as their defaults
     for d in dirs:
         if d.resolve() == out_dir.resolve():
             raise ValueError(f"the output folder {out_dir} is also a source; write the combination elsewhere, e.g. {out_dir}_all")
@@ -179,7 +188,7 @@ def combine_runs(task: str, sources: Sequence[str | pathlib.Path], out_dir: str 
         config = json.loads((d / "config.json").read_text()) if (d / "config.json").exists() else {}
         if config.get("task", task) != task or any(r.get("task", task) != task for r in runs):
             raise ValueError(f"{d} holds {config.get('task') or runs[0].get('task')!r} runs, not {task!r}")
-        settings = {k: v for k, v in config.items() if k not in (*RESUMABLE_CHANGES, "task")}
+        settings = {k: config.get(k, defaults.get(k)) for k in set(config) | set(defaults) if k not in (*RESUMABLE_CHANGES, "task")}
         if reference is None:
             reference = (d, settings)
         elif settings != reference[1]:
