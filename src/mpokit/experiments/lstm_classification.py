@@ -29,8 +29,8 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from .lstm_common import (METHODS, PAPER_RATES, Timer, build_lstm, check_learning_rates, check_mpo_cores, dense_parameters, make_optimizers,
-                          preset_config, run_record, set_seed)
+from .lstm_common import (METHODS, PAPER_RATES, Timer, build_lstm, check_learning_rates, check_mpo_cores, dense_parameters,
+                          make_optimizers, preset_config, run_record, set_seed)
 from .lstm_runner import METRICS, eligible_from_epoch, run_experiment
 
 

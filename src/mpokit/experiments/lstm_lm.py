@@ -31,8 +31,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .lstm_common import (METHODS, PAPER_RATES, Timer, build_lstm, check_learning_rates, check_mpo_cores, dense_parameters, make_optimizers,
-                          preset_config, run_record, set_seed)
+from .lstm_common import (METHODS, PAPER_RATES, Timer, build_lstm, check_learning_rates, check_mpo_cores, dense_parameters,
+                          make_optimizers, preset_config, run_record, set_seed)
 from .lstm_runner import METRICS, eligible_from_epoch, run_experiment
 
 

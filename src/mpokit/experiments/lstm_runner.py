@@ -48,6 +48,24 @@ def grid(methods: Sequence[str], rates: Sequence[float]) -> list[tuple[str, floa
 
 # config fields that may change between a run and its resumption (they select runs, not how one trains)
 RESUMABLE_CHANGES = ("preset", "rates", "seeds", "methods", "lr", "lr_grid")
+# config.json entries that describe the folder, not the training
+_FOLDER_FIELDS = ("task", "combined_from")
+
+
+def _as_json(config) -> dict:
+    """A config dataclass as the plain values its config.json holds."""
+    return json.loads(json.dumps(asdict(config), default=str))
+
+
+def training_settings(stored: dict, defaults: dict) -> dict:
+    """The fields of a config.json that decide how each run trains; fields missing from an older file
+    count as their ``defaults``."""
+    skip = (*RESUMABLE_CHANGES, *_FOLDER_FIELDS)
+    return {k: stored.get(k, defaults.get(k)) for k in set(stored) | set(defaults) if k not in skip}
+
+
+def _differences(before: dict, after: dict) -> list[str]:
+    return [f"{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)]
 
 
 def check_resumable(config_path: pathlib.Path, task: str, config) -> None:
@@ -62,10 +80,8 @@ def check_resumable(config_path: pathlib.Path, task: str, config) -> None:
     if stored.get("task", task) != task:
         raise ValueError(f"cannot resume: {config_path.parent} holds a {stored.get('task')!r} experiment, not {task!r}; "
                          "use another --out")
-    current = json.loads(json.dumps(asdict(config), default=str))
-    defaults = json.loads(json.dumps(asdict(type(config)()), default=str))
-    changed = [f"{k}: {stored.get(k, defaults[k])!r} -> {v!r}" for k, v in current.items()
-               if k not in RESUMABLE_CHANGES and stored.get(k, defaults[k]) != v]
+    defaults = _as_json(type(config)())
+    changed = _differences(training_settings(stored, defaults), training_settings(_as_json(config), defaults))
     if changed:
         raise ValueError(f"cannot resume into {config_path.parent}: its runs used other settings ({'; '.join(changed)}). "
                          f"Only {', '.join(RESUMABLE_CHANGES)} may change on --resume; use another --out, e.g. "
@@ -97,7 +113,7 @@ def run_experiment(
 
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    csv_path, table_path = out_dir / "runs.csv", out_dir / "results.md"
+    csv_path = out_dir / "runs.csv"
     if resume:
         check_resumable(out_dir / "config.json", task, config)
     (out_dir / "config.json").write_text(json.dumps({"task": task, **asdict(config)}, indent=2, default=str))
@@ -160,7 +176,7 @@ def _config_defaults(task: str) -> dict:
         from .lstm_classification import ClassifyConfig as config_class
     else:
         from .lstm_lm import LMConfig as config_class
-    return json.loads(json.dumps(asdict(config_class()), default=str))
+    return _as_json(config_class())
 
 
 def combine_runs(task: str, sources: Sequence[str | pathlib.Path], out_dir: str | pathlib.Path,
@@ -188,12 +204,12 @@ def combine_runs(task: str, sources: Sequence[str | pathlib.Path], out_dir: str 
         config = json.loads((d / "config.json").read_text()) if (d / "config.json").exists() else {}
         if config.get("task", task) != task or any(r.get("task", task) != task for r in runs):
             raise ValueError(f"{d} holds {config.get('task') or runs[0].get('task')!r} runs, not {task!r}")
-        settings = {k: config.get(k, defaults.get(k)) for k in set(config) | set(defaults) if k not in (*RESUMABLE_CHANGES, "task")}
+        settings = training_settings(config, defaults)
         if reference is None:
             reference = (d, settings)
         elif settings != reference[1]:
-            changed = sorted(k for k in set(settings) | set(reference[1]) if settings.get(k) != reference[1].get(k))
-            raise ValueError(f"{d} was trained with other settings than {reference[0]} ({', '.join(changed)} differ); "
+            raise ValueError(f"{d} was trained with other settings than {reference[0]} "
+                             f"({'; '.join(_differences(reference[1], settings))}); "
                              "only rates, seeds, methods and learning rates may differ between combined folders")
         for r in runs:
             if r.get("lr") in (None, ""):
