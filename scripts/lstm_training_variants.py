@@ -16,8 +16,9 @@ Variants (all off by default, i.e. the experiment's own training):
 * ``--init spectral|spectral_rescaled``: the cores are the TT-SVD of a dense ``nn.LSTM`` init truncated
   to the rate (rescaled: to the dense matrix's Frobenius norm);
 * ``--init gradual``: start from the exact (full-bond) MPO of a dense init and truncate the bonds every
-  10 steps on Zhu & Gupta's cubic schedule over the first half of training, the same schedule as the
-  pruning baseline, down to the rate's uniform bond (the cores' Adam state restarts at each cut).
+  ``--cut-every`` steps (default 10, as pruning's masks) on Zhu & Gupta's cubic schedule over the first
+  half of training, down to the rate's uniform bond (:class:`mpokit.bond_schedule.GradualBondTruncation`,
+  the experiments' ``mpo_gradual`` method; the cores' Adam state restarts at each cut).
 
 This is an exploration tool, not an experiment: one seed per call, no CSV. The runs quoted in
 RESULTS.md (issue 6, "Why MPO-LSTM loses here") are, for seed S::
@@ -43,9 +44,9 @@ import torch
 from torch import nn
 
 from mpokit.experiments import lstm_classification as C
+from mpokit.bond_schedule import GradualBondTruncation
 from mpokit.experiments.lstm_common import build_lstm, dense_parameters, set_seed
 from mpokit.layers.lstm import MPOLSTM
-from mpokit.layers.lstm_plan import bond_dim_for_rate
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -62,6 +63,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--n-cores", type=int, default=4)
     p.add_argument("--init", default="random", choices=("random", "spectral", "spectral_rescaled", "gradual"))
     p.add_argument("--clip", type=float, default=5.0)
+    p.add_argument("--cut-every", type=int, default=10, help="--init gradual: steps between bond cuts")
     return p.parse_args(argv)
 
 
@@ -75,7 +77,7 @@ def build(a, cfg) -> tuple[nn.Module, object, dict | None]:
         lstm = MPOLSTM(cfg.embed_dim, cfg.hidden_size, rate=a.rate, n_cores=a.n_cores, batch_first=True)
     if a.init == "gradual":
         final_bonds = {n: m.bond_dims for n, m in lstm.weight_modules()}
-        return MPOLSTM.from_lstm(nn.LSTM(cfg.embed_dim, cfg.hidden_size, batch_first=True)), record, final_bonds
+        return MPOLSTM.from_lstm(nn.LSTM(cfg.embed_dim, cfg.hidden_size, batch_first=True), n_cores=a.n_cores), record, final_bonds
     if a.init.startswith("spectral"):
         dense = nn.LSTM(cfg.embed_dim, cfg.hidden_size, batch_first=True)
         lstm = MPOLSTM.from_lstm(dense, rate=a.rate, n_cores=a.n_cores)
@@ -131,21 +133,14 @@ def main(argv=None) -> None:
     opts = [torch.optim.AdamW(groups), torch.optim.SparseAdam([model.embedding.weight], lr=a.lr)]
     base_lrs = [[g["lr"] for g in o.param_groups] for o in opts]
 
+    truncation = None
+    if final_bonds:
+        truncation = GradualBondTruncation(dict(model.lstm.weight_modules()), final_bonds, begin_step=0,
+                                           end_step=round(0.5 * total), frequency=a.cut_every)
+
     def gradual_cut(step: int) -> None:
-        """Cubic schedule of kept parameters -> uniform bond cap; new cores get fresh Adam state."""
-        end = round(0.5 * total)
-        if step % 10 or step > end:
-            return
-        kept = 1 - (1 - 1 / a.rate) * (1 - (1 - step / end) ** 3)
-        changed = False
-        for name, module in model.lstm.weight_modules():
-            d = bond_dim_for_rate(module.out_modes, module.in_modes, 1 / kept) if step < end else None
-            caps = tuple(min(x, d) for x in module.bond_dims) if d else final_bonds[name]
-            caps = tuple(max(c, f) for c, f in zip(caps, final_bonds[name]))
-            if caps != module.bond_dims:
-                module.truncate_(max_bond=list(caps))
-                changed = True
-        if changed:
+        """Cut on the cubic schedule; the new cores get fresh Adam state."""
+        if truncation.step(step):
             group = opts[0].param_groups[1]
             for q in group["params"]:
                 opts[0].state.pop(q, None)

@@ -219,6 +219,34 @@ def test_mpo_lstm_from_dense_at_full_bonds_gives_dense_outputs():
     assert torch.allclose(y, y_ref, atol=1e-10) and torch.allclose(h, h_ref, atol=1e-10) and torch.allclose(c, c_ref, atol=1e-10)
 
 
+def test_gradual_method_starts_at_the_dense_init_and_has_the_mpo_budget():
+    from mpokit.experiments.lstm_common import set_seed
+
+    set_seed(0)
+    gradual = build_lstm("mpo_gradual", 32, 32, 2, 10, dropout=0.0)
+    set_seed(0)
+    dense = build_lstm("dense", 32, 32, 2, 1, dropout=0.0)
+    x = torch.randn(6, 3, 32)
+    assert torch.allclose(gradual.lstm(x)[0], dense.lstm(x)[0], atol=1e-5), "starts as the exact MPO of the dense init"
+    mpo = build_lstm("mpo", 32, 32, 2, 10)
+    assert gradual.budget == mpo.budget and gradual.bond_dims() == mpo.bond_dims()
+    assert gradual.final_bonds == {name: tuple(m.bond_dims) for name, m in mpo.lstm.weight_modules()}
+
+
+def test_tiny_gradual_truncation_run_ends_at_the_budget(tmp_path):
+    from mpokit import cli
+    from mpokit.experiments.lstm_report import read_runs
+
+    args = ["lstm", "classify", "--preset", "tiny", "--methods", "mpo,mpo_gradual", "--out", str(tmp_path), "--no-progress"]
+    assert cli.main(args) == 0
+    rows = {r["method"]: r for r in read_runs(tmp_path / "runs.csv")}
+    assert rows["mpo_gradual"]["lstm_weights"] == rows["mpo"]["lstm_weights"]
+    assert rows["mpo_gradual"]["bond_dims"] == rows["mpo"]["bond_dims"]
+    assert rows["mpo_gradual"]["last_loss"] < rows["mpo_gradual"]["first_loss"]
+    header = next(line for line in (tmp_path / "results.md").read_text().splitlines() if line.startswith("| rate |"))
+    assert "| MPO-LSTM | MPO-LSTM (gradual truncation) |" in header
+
+
 def _check_outputs(out, n_runs):
     from mpokit.experiments.lstm_report import read_runs
 

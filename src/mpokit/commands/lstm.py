@@ -47,7 +47,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--out", default=None, metavar="DIR", help="output folder (default: runs/lstm_<task>_<preset>)")
     parser.add_argument("--rates", type=_numbers, default=None, help="compression rates, e.g. 5,10,15,20,25,50,75,100")
     parser.add_argument("--seeds", type=_ints, default=None, help="seeds, e.g. 0,1,2")
-    parser.add_argument("--methods", type=_names, default=None, help="subset of dense,mpo,pruning")
+    parser.add_argument("--methods", type=_names, default=None, help="subset of dense,mpo,pruning,mpo_gradual (default: dense,mpo,pruning; mpo_gradual: "
+                        "MPO-LSTM started dense and truncated on pruning's schedule)")
     parser.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
     parser.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: the preset's)")
     parser.add_argument("--lrs", type=_numbers, default=None,

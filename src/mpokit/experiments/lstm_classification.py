@@ -29,8 +29,9 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from .lstm_common import (METHODS, PAPER_RATES, Timer, build_lstm, check_learning_rates, check_mpo_cores, dense_parameters,
-                          make_optimizers, preset_config, run_record, set_seed)
+from .lstm_common import (DEFAULT_METHODS, PAPER_RATES, Timer, build_lstm, check_learning_rates, check_mpo_cores,
+                          check_schedule_finished, compression_schedule, dense_parameters, make_optimizers, preset_config,
+                          run_record, schedule_step, set_seed)
 from .lstm_runner import METRICS, eligible_from_epoch, run_experiment
 
 
@@ -58,7 +59,7 @@ class ClassifyConfig:
     prune_frequency: int = 10  # steps between mask updates
     rates: tuple = PAPER_RATES
     seeds: tuple = (0, 1, 2)
-    methods: tuple = METHODS
+    methods: tuple = DEFAULT_METHODS  # any of lstm_common.METHODS (also "mpo_gradual")
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "max_len", "embed_dim", "hidden_size", "prune_frequency", "min_freq"):
@@ -146,18 +147,13 @@ def train_one(cfg: ClassifyConfig, data: ClassifyData, method: str, rate: float,
     """Train one model (method, rate, seed) and return its CSV row."""
     from tqdm.auto import tqdm
 
-    from ..baselines.lstm_pruning import LSTMPruner
-
     set_seed(seed)
     build = build_lstm(method, cfg.embed_dim, cfg.hidden_size, 1, rate, batch_first=True, mpo_cores=cfg.mpo_cores)
     model = LSTMClassifier(data.vocab_size, cfg.embed_dim, build.lstm, 2, cfg.dropout)
     ids, lengths, labels = data.train
     steps_per_epoch = -(-len(labels) // cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
-    pruner = None
-    if method == "pruning":
-        pruner = LSTMPruner(model.lstm, final_nonzeros=build.pruner_nonzeros, begin_step=round(cfg.prune_begin * total),
-                            end_step=round(cfg.prune_end * total), frequency=cfg.prune_frequency)
+    schedule = compression_schedule(build, total, cfg.prune_begin, cfg.prune_end, cfg.prune_frequency)  # pruning / mpo_gradual
     opts = make_optimizers(model, cfg.lr)  # Adam (dense) + SparseAdam (embedding)
     order = torch.Generator().manual_seed(seed)
     first_epoch = eligible_from_epoch(cfg.epochs, steps_per_epoch, cfg.prune_end)
@@ -178,8 +174,7 @@ def train_one(cfg: ClassifyConfig, data: ClassifyData, method: str, rate: float,
                 nn.utils.clip_grad_norm_(dense_parameters(model), cfg.clip)
                 for opt in opts:
                     opt.step()
-                if pruner is not None:
-                    pruner.step(step)
+                schedule_step(schedule, step, opts[0], model)
                 losses.append(float(loss.detach()))
                 step += 1
         train_s.append(t.seconds)
@@ -190,8 +185,7 @@ def train_one(cfg: ClassifyConfig, data: ClassifyData, method: str, rate: float,
             test = accuracy(model, data.test)
             if valid > best[0]:
                 best = (valid, test, epoch)
-    if pruner is not None and not pruner.finished():  # internal invariant: the schedule ends within training
-        raise AssertionError(f"pruning kept {pruner.kept()} weights, more than the budget {pruner.final_nonzeros}")
+    check_schedule_finished(schedule)
     return run_record("classify", "accuracy", cfg, method, rate, seed, best, losses, model, build, train_s, infer_s)
 
 

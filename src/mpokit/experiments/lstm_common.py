@@ -9,7 +9,11 @@ Methods (``METHODS``):
   (four cores by default, as in the paper; the configs' ``mpo_cores`` changes that);
 * ``"pruning"``: ``nn.LSTM`` whose W and U are pruned gradually by magnitude (cubic schedule,
   :class:`mpokit.baselines.lstm_pruning.LSTMPruner`) to **exactly** as many non-zeros as the
-  MPO-LSTM of the same rate has parameters, then fine-tuned.
+  MPO-LSTM of the same rate has parameters, then fine-tuned;
+* ``"mpo_gradual"`` (not in the default grid): MPO-LSTM that starts dense like pruning does -- the
+  exact (full-bond) MPO of the dense LSTM's init -- and has its bonds cut on pruning's cubic schedule
+  (:class:`mpokit.bond_schedule.GradualBondTruncation`) down to the bonds of ``"mpo"`` at the same
+  rate, then fine-tuned. Same final budget and same schedule steps as pruning.
 
 Rate = dense W+U weight count / compressed W+U count (biases, embeddings and output layers are
 dense in every method and not part of the rate).
@@ -28,9 +32,12 @@ from torch import nn
 
 from .. import shapes
 
-METHODS = ("dense", "mpo", "pruning")
+METHODS = ("dense", "mpo", "pruning", "mpo_gradual")
+DEFAULT_METHODS = ("dense", "mpo", "pruning")  # the experiments' grid unless ``methods`` says otherwise
+COMPRESSED_METHODS = ("pruning", "mpo", "mpo_gradual")  # report / plot order
 PAPER_RATES = (5, 10, 15, 20, 25, 50, 75, 100)
-METHOD_LABELS = {"dense": "dense LSTM", "mpo": "MPO-LSTM", "pruning": "pruning-LSTM"}
+METHOD_LABELS = {"dense": "dense LSTM", "mpo": "MPO-LSTM", "pruning": "pruning-LSTM",
+                 "mpo_gradual": "MPO-LSTM (gradual truncation)"}
 
 
 def check_methods_rates(methods: Sequence[str], rates: Sequence[float]) -> tuple[tuple[str, ...], tuple[float, ...]]:
@@ -66,22 +73,28 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def mpo_lstm_weight_counts(input_size: int, hidden_size: int, num_layers: int, rate: float, n_cores: int = 4) -> dict[str, int]:
-    """MPO parameters of each W / U (``weight_ih_l0``, ``weight_hh_l0``, ...) of an MPOLSTM at ``rate``
-    with ``n_cores`` cores, computed from the modes and bond formula alone (no module is built, no RNG
-    is touched)."""
+def mpo_lstm_shapes(input_size: int, hidden_size: int, num_layers: int, rate: float,
+                    n_cores: int = 4) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
+    """``(out_modes, in_modes, bond_dims)`` of each W / U (``weight_ih_l0``, ``weight_hh_l0``, ...) of an
+    MPOLSTM at ``rate`` with ``n_cores`` cores, from the modes and bond formula alone (no module is
+    built, no RNG is touched)."""
     from ..layers.lstm import bond_dim_for_rate, gate_modes, lstm_modes
 
     hidden_modes = lstm_modes(hidden_size, n_cores)
     out_modes = gate_modes(hidden_modes)
-    counts = {}
+    out = {}
     for layer in range(num_layers):
         in_modes = lstm_modes(input_size if layer == 0 else hidden_size, n_cores)
         for kind, cols in (("ih", in_modes), ("hh", hidden_modes)):
             d = bond_dim_for_rate(out_modes, cols, rate)
-            dims = shapes.consistent_bond_dims(out_modes, cols, [d] * (len(out_modes) - 1))
-            counts[f"weight_{kind}_l{layer}"] = shapes.mpo_num_params(out_modes, cols, dims)
-    return counts
+            out[f"weight_{kind}_l{layer}"] = (out_modes, cols, shapes.consistent_bond_dims(out_modes, cols, [d] * (len(out_modes) - 1)))
+    return out
+
+
+def mpo_lstm_weight_counts(input_size: int, hidden_size: int, num_layers: int, rate: float, n_cores: int = 4) -> dict[str, int]:
+    """MPO parameters of each W / U of an MPOLSTM at ``rate`` with ``n_cores`` cores (see :func:`mpo_lstm_shapes`)."""
+    return {name: shapes.mpo_num_params(*spec)
+            for name, spec in mpo_lstm_shapes(input_size, hidden_size, num_layers, rate, n_cores).items()}
 
 
 def dense_lstm_weight_count(input_size: int, hidden_size: int, num_layers: int) -> int:
@@ -99,8 +112,12 @@ class LSTMBuild:
     dense_weights: int  # W + U entries of the dense LSTM
     budget: int  # W + U weights the method may keep (MPO parameters / pruning non-zeros)
     pruner_nonzeros: int | None = None  # pruning only: final non-zeros handed to LSTMPruner
+    final_bonds: dict | None = None  # mpo_gradual only: name -> bonds at the end of the truncation schedule
 
     def bond_dims(self) -> str:
+        """Final bonds of each W / U (``name:d1xd2x...;...``), "" for dense and pruning."""
+        if self.final_bonds is not None:
+            return ";".join(f"{name}:{'x'.join(map(str, b))}" for name, b in self.final_bonds.items())
         if self.method != "mpo":
             return ""
         return ";".join(f"{name}:{'x'.join(map(str, m.bond_dims))}" for name, m in self.lstm.weight_modules())
@@ -109,8 +126,9 @@ class LSTMBuild:
 def build_lstm(method: str, input_size: int, hidden_size: int, num_layers: int, rate: float, *, dropout: float = 0.0,
                batch_first: bool = False, mpo_cores: int = 4) -> LSTMBuild:
     """The LSTM of ``method`` at ``rate`` (ignored for dense). The pruning LSTM starts dense; attach an
-    :class:`~mpokit.baselines.lstm_pruning.LSTMPruner` with ``final_nonzeros=build.budget``.
-    ``mpo_cores``: cores per MPO (the MPO-LSTM's, and through the budget also pruning's)."""
+    :class:`~mpokit.baselines.lstm_pruning.LSTMPruner` with ``final_nonzeros=build.budget``; the
+    ``mpo_gradual`` LSTM starts as the exact MPO of a dense init (:func:`compression_schedule` builds
+    both schedules). ``mpo_cores``: cores per MPO (the MPO-LSTM's, and through the budget also pruning's)."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {METHODS}, e.g. 'mpo'")
     dense = dense_lstm_weight_count(input_size, hidden_size, num_layers)
@@ -125,7 +143,51 @@ def build_lstm(method: str, input_size: int, hidden_size: int, num_layers: int, 
         if lstm.num_weight_params() != budget:  # internal invariant: both use the same bond formula
             raise AssertionError(f"MPOLSTM has {lstm.num_weight_params()} weights, the budget formula says {budget}")
         return LSTMBuild(method, rate, lstm, dense, budget)
+    if method == "mpo_gradual":
+        from ..layers.lstm import MPOLSTM
+
+        lstm = MPOLSTM.from_lstm(nn.LSTM(input_size, hidden_size, **kwargs), n_cores=mpo_cores)  # exact: full bonds
+        final = {name: spec[2] for name, spec in mpo_lstm_shapes(input_size, hidden_size, num_layers, rate, mpo_cores).items()}
+        return LSTMBuild(method, rate, lstm, dense, budget, final_bonds=final)
     return LSTMBuild(method, rate, nn.LSTM(input_size, hidden_size, **kwargs), dense, budget, pruner_nonzeros=budget)
+
+
+def compression_schedule(build: LSTMBuild, total_steps: int, begin: float, end: float, frequency: int):
+    """The schedule that compresses ``build.lstm`` during training (None for dense and mpo): gradual
+    magnitude pruning for ``pruning``, gradual bond truncation for ``mpo_gradual``, both on the cubic
+    schedule from step ``round(begin * total_steps)`` to ``round(end * total_steps)``, every
+    ``frequency`` steps. Call ``schedule.step(step)`` after each optimizer step; when it returns True
+    for ``mpo_gradual``, the cores are new Parameters (:func:`mpokit.bond_schedule.sync_optimizer`)."""
+    begin_step, end_step = round(begin * total_steps), round(end * total_steps)
+    if build.method == "pruning":
+        from ..baselines.lstm_pruning import LSTMPruner
+
+        return LSTMPruner(build.lstm, final_nonzeros=build.pruner_nonzeros, begin_step=begin_step, end_step=end_step,
+                          frequency=frequency)
+    if build.method == "mpo_gradual":
+        from ..bond_schedule import GradualBondTruncation
+
+        return GradualBondTruncation(dict(build.lstm.weight_modules()), build.final_bonds, begin_step=begin_step,
+                                     end_step=end_step, frequency=frequency)
+    return None
+
+
+def schedule_step(schedule, step: int, optimizer: torch.optim.Optimizer, model: nn.Module) -> None:
+    """Advance ``schedule`` (if any) after optimizer step ``step``; re-point ``optimizer`` (one group over
+    :func:`dense_parameters`) at the live parameters when a cut replaced cores."""
+    if schedule is not None and schedule.step(step):
+        from ..bond_schedule import sync_optimizer
+
+        sync_optimizer(optimizer, dense_parameters(model))
+
+
+def check_schedule_finished(schedule) -> None:
+    """Internal invariant: the compression schedule reached its budget within training."""
+    if schedule is None or schedule.finished():
+        return
+    if hasattr(schedule, "kept"):
+        raise AssertionError(f"pruning kept {schedule.kept()} weights, more than the budget {schedule.final_nonzeros}")
+    raise AssertionError(f"bond truncation left {schedule.num_params()} MPO parameters, more than the budget {schedule.final_params}")
 
 
 def lstm_weight_count(lstm: nn.Module) -> int:

@@ -31,8 +31,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .lstm_common import (METHODS, PAPER_RATES, Timer, build_lstm, check_learning_rates, check_mpo_cores, dense_parameters,
-                          make_optimizers, preset_config, run_record, set_seed)
+from .lstm_common import (DEFAULT_METHODS, PAPER_RATES, Timer, build_lstm, check_learning_rates, check_mpo_cores,
+                          check_schedule_finished, compression_schedule, dense_parameters, make_optimizers, preset_config,
+                          run_record, schedule_step, set_seed)
 from .lstm_runner import METRICS, eligible_from_epoch, run_experiment
 
 
@@ -60,7 +61,7 @@ class LMConfig:
     prune_frequency: int = 10
     rates: tuple = PAPER_RATES
     seeds: tuple = (0, 1, 2)
-    methods: tuple = METHODS
+    methods: tuple = DEFAULT_METHODS  # any of lstm_common.METHODS (also "mpo_gradual")
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "bptt", "eval_batch_size", "embed_dim", "hidden_size", "num_layers", "prune_frequency"):
@@ -150,7 +151,6 @@ def train_one(cfg: LMConfig, data: LMData, method: str, rate: float, seed: int, 
     """Train one language model (method, rate, seed) and return its CSV row."""
     from tqdm.auto import tqdm
 
-    from ..baselines.lstm_pruning import LSTMPruner
     from ..data import bptt_windows
 
     set_seed(seed)
@@ -158,10 +158,7 @@ def train_one(cfg: LMConfig, data: LMData, method: str, rate: float, seed: int, 
     model = LSTMLanguageModel(data.vocab_size, cfg.embed_dim, build.lstm, cfg.dropout)
     steps_per_epoch = len(range(0, data.train.size(0) - 1, cfg.bptt))
     total = cfg.epochs * steps_per_epoch
-    pruner = None
-    if method == "pruning":
-        pruner = LSTMPruner(model.lstm, final_nonzeros=build.pruner_nonzeros, begin_step=round(cfg.prune_begin * total),
-                            end_step=round(cfg.prune_end * total), frequency=cfg.prune_frequency)
+    schedule = compression_schedule(build, total, cfg.prune_begin, cfg.prune_end, cfg.prune_frequency)  # pruning / mpo_gradual
     opts = make_optimizers(model, cfg.lr)  # Adam (dense) + SparseAdam (embedding)
     first_epoch = eligible_from_epoch(cfg.epochs, steps_per_epoch, cfg.prune_end)
     losses, train_s, infer_s = [], [], []
@@ -182,8 +179,7 @@ def train_one(cfg: LMConfig, data: LMData, method: str, rate: float, seed: int, 
                 nn.utils.clip_grad_norm_(dense_parameters(model), cfg.clip)
                 for opt in opts:
                     opt.step()
-                if pruner is not None:
-                    pruner.step(step)
+                schedule_step(schedule, step, opts[0], model)
                 losses.append(float(loss.detach()))
                 step += 1
         train_s.append(t.seconds)
@@ -194,8 +190,7 @@ def train_one(cfg: LMConfig, data: LMData, method: str, rate: float, seed: int, 
             test = perplexity(model, data.test, cfg.bptt)
             if valid < best[0]:
                 best = (valid, test, epoch)
-    if pruner is not None and not pruner.finished():
-        raise AssertionError(f"pruning kept {pruner.kept()} weights, more than the budget {pruner.final_nonzeros}")
+    check_schedule_finished(schedule)
     return run_record("lm", "perplexity", cfg, method, rate, seed, best, losses, model, build, train_s, infer_s)
 
 

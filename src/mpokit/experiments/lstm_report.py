@@ -13,7 +13,7 @@ import statistics
 import tempfile
 from typing import Iterable, Sequence
 
-from .lstm_common import METHOD_LABELS
+from .lstm_common import COMPRESSED_METHODS, METHOD_LABELS
 
 RUN_FIELDS = (
     "task", "preset", "method", "rate", "seed", "lr", "metric_valid", "metric_test", "metric_name",
@@ -140,34 +140,40 @@ def _rate_label(rate: float) -> str:
 
 
 def markdown_table(rows: Sequence[dict], key: str, title: str, higher_is_better: bool, digits: int = 2) -> str:
-    """Paper-format table: one line per rate, columns dense / pruning-LSTM / MPO-LSTM (mean ± std over
-    seeds), the better compressed method in bold, plus LSTM weights and whole-model parameters."""
+    """Paper-format table: one line per rate, columns dense / pruning-LSTM / MPO-LSTM (and MPO-LSTM with
+    gradual truncation when it ran; mean ± std over seeds), the best compressed method in bold, plus
+    LSTM weights and whole-model parameters."""
     stats = aggregate(rows, key)
     weights = aggregate(rows, "lstm_weights")
     params = aggregate(rows, "model_params")
     seeds = sorted({int(r["seed"]) for r in rows})
+    ran = {r["method"] for r in rows}
+    methods = [m for m in COMPRESSED_METHODS if m in ran or m in ("pruning", "mpo")]
+    short = " / ".join({"pruning": "pruning", "mpo": "MPO", "mpo_gradual": "MPO gradual"}[m] for m in methods)
     lines = [
         f"**{title}** (mean ± std over seeds {seeds}; {'higher' if higher_is_better else 'lower'} is better). "
         "Rate = dense LSTM W+U weights / kept W+U weights (MPO parameters, or pruning non-zeros). "
         "Embedding and output layers stay dense in every method and are not part of the rate; "
         "`model params` counts the whole model (pruned zeros excluded).",
         "",
-        "| rate | dense LSTM | pruning-LSTM | MPO-LSTM | LSTM weights (pruning / MPO) | model params (pruning / MPO) |",
-        "|---|---|---|---|---|---|",
+        "| rate | dense LSTM | " + " | ".join(METHOD_LABELS[m] for m in methods)
+        + f" | LSTM weights ({short}) | model params ({short}) |",
+        "|---|---|" + "---|" * len(methods) + "---|---|",
     ]
     if ("dense", 1.0) in stats:
         w, p = weights[("dense", 1.0)][0], params[("dense", 1.0)][0]
-        lines.append(f"| 1 (dense) | {_fmt(stats[('dense', 1.0)], digits)} | – | – | {w:,.0f} | {p:,.0f} |")
+        lines.append(f"| 1 (dense) | {_fmt(stats[('dense', 1.0)], digits)} | " + "– | " * len(methods) + f"{w:,.0f} | {p:,.0f} |")
     for rate in sorted({float(r["rate"]) for r in rows if r["method"] != "dense"}):
-        cells = {m: stats.get((m, rate), (math.nan, math.nan, 0)) for m in ("pruning", "mpo")}
+        cells = {m: stats.get((m, rate), (math.nan, math.nan, 0)) for m in methods}
         text = {m: _fmt(cells[m], digits) for m in cells}
-        if cells["pruning"][2] and cells["mpo"][2] and cells["pruning"][0] != cells["mpo"][0]:
+        present = [m for m in methods if cells[m][2]]
+        if len(present) > 1 and len({cells[m][0] for m in present}) > 1:
             better = max if higher_is_better else min
-            best = better(("pruning", "mpo"), key=lambda m: cells[m][0])
+            best = better(present, key=lambda m: cells[m][0])
             text[best] = f"**{text[best]}**"
-        w = " / ".join(f"{weights[(m, rate)][0]:,.0f}" if (m, rate) in weights else "–" for m in ("pruning", "mpo"))
-        p = " / ".join(f"{params[(m, rate)][0]:,.0f}" if (m, rate) in params else "–" for m in ("pruning", "mpo"))
-        lines.append(f"| {_rate_label(rate)} | | {text['pruning']} | {text['mpo']} | {w} | {p} |")
+        w = " / ".join(f"{weights[(m, rate)][0]:,.0f}" if (m, rate) in weights else "–" for m in methods)
+        p = " / ".join(f"{params[(m, rate)][0]:,.0f}" if (m, rate) in params else "–" for m in methods)
+        lines.append(f"| {_rate_label(rate)} | | " + " | ".join(text[m] for m in methods) + f" | {w} | {p} |")
     return "\n".join(lines) + "\n"
 
 
@@ -187,7 +193,7 @@ def timing_table(rows: Sequence[dict]) -> str:
 
 
 def plot_metric(rows: Sequence[dict], key: str, ylabel: str, path: str | os.PathLike, title: str) -> pathlib.Path:
-    """PNG of ``key`` against rate (log x) for pruning-LSTM and MPO-LSTM (mean ± std error bars), with
+    """PNG of ``key`` against rate (log x) for each compressed method (mean ± std error bars), with
     the dense LSTM as a horizontal line and band."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -199,7 +205,7 @@ def plot_metric(rows: Sequence[dict], key: str, ylabel: str, path: str | os.Path
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     rates = sorted({float(r["rate"]) for r in rows if r["method"] != "dense"})
-    for method, style in (("pruning", "s--"), ("mpo", "o-")):
+    for method, style in zip(COMPRESSED_METHODS, ("s--", "o-", "^-.")):
         pts = [(r, stats[(method, r)]) for r in rates if (method, r) in stats]
         if pts:
             ax.errorbar([p[0] for p in pts], [p[1][0] for p in pts], yerr=[p[1][1] for p in pts], fmt=style, capsize=3, label=METHOD_LABELS[method])

@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .lstm_common import check_methods_rates
+from .lstm_common import COMPRESSED_METHODS, check_methods_rates
 from .lstm_report import (learning_rate_table, markdown_table, plot_metric, read_runs, run_key, select_learning_rates,
                           timing_table, write_runs)
 
@@ -39,10 +39,10 @@ class ExperimentResult:
 
 
 def grid(methods: Sequence[str], rates: Sequence[float]) -> list[tuple[str, float]]:
-    """(method, rate) pairs: dense once at rate 1, then pruning and MPO at every rate."""
+    """(method, rate) pairs: dense once at rate 1, then the compressed methods at every rate."""
     methods, rates = check_methods_rates(methods, rates)
     pairs = [("dense", 1)] if "dense" in methods else []
-    pairs += [(m, r) for r in rates for m in ("pruning", "mpo") if m in methods]
+    pairs += [(m, r) for r in rates for m in COMPRESSED_METHODS if m in methods]
     return pairs
 
 
