@@ -31,6 +31,7 @@ RESULTS.md (issue 6, "Why MPO-LSTM loses here") are, for seed S::
     python scripts/lstm_training_variants.py --lr 3e-3 --n-cores 3                   # and --n-cores 2 --lr 2e-3
     python scripts/lstm_training_variants.py --lr 2e-3 --init spectral_rescaled
     python scripts/lstm_training_variants.py --lr 2e-3 --init gradual
+    python scripts/lstm_training_variants.py --lr 2e-3 --init gradual --epochs 10 --carry-state   # and --lr 1e-3
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ import torch
 from torch import nn
 
 from mpokit.experiments import lstm_classification as C
-from mpokit.bond_schedule import GradualBondTruncation
+from mpokit.bond_schedule import GradualBondTruncation, hand_on_state
 from mpokit.experiments.lstm_common import build_lstm, dense_parameters, set_seed
 from mpokit.layers.lstm import MPOLSTM
 
@@ -64,6 +65,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--init", default="random", choices=("random", "spectral", "spectral_rescaled", "gradual"))
     p.add_argument("--clip", type=float, default=5.0)
     p.add_argument("--cut-every", type=int, default=10, help="--init gradual: steps between bond cuts")
+    p.add_argument("--carry-state", action="store_true",
+                   help="--init gradual: hand the cut cores' Adam state on (mpokit.bond_schedule.hand_on_state) "
+                        "instead of restarting it")
     return p.parse_args(argv)
 
 
@@ -142,6 +146,8 @@ def main(argv=None) -> None:
         """Cut on the cubic schedule; the new cores get fresh Adam state."""
         if truncation.step(step):
             group = opts[0].param_groups[1]
+            if a.carry_state:
+                hand_on_state(opts[0], truncation.replaced)
             for q in group["params"]:
                 opts[0].state.pop(q, None)
             group["params"] = cores()

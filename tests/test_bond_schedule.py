@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from mpokit import shapes
-from mpokit.bond_schedule import GradualBondTruncation, sync_optimizer
+from mpokit.bond_schedule import GradualBondTruncation, hand_on_state, sync_optimizer
 from mpokit.layers.linear import MPOLinear
 from mpokit.layers.lstm import MPOLSTM
 
@@ -97,6 +97,47 @@ def test_first_cut_keeps_the_weights_close_and_later_training_uses_the_new_cores
     lstm(x)[0].sum().backward()
     opt.step()
     assert all(not torch.equal(a, b) for a, b in zip(cores, [p for m in lstm.mpo_modules() for p in m.cores]))
+
+
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_carried_adam_state_keeps_the_step_count_and_the_mean_second_moment(amsgrad):
+    lstm, _, schedule = _lstm_and_schedule(end_step=30, frequency=10)
+    opt = torch.optim.Adam(lstm.parameters(), lr=1e-2, amsgrad=amsgrad)
+    x = torch.randn(7, 3, 32)
+    for _ in range(3):
+        opt.zero_grad()
+        lstm(x)[0].sum().backward()
+        opt.step()
+    old_state = {id(p): (float(opt.state[p]["step"]), float(opt.state[p]["exp_avg_sq"].mean()))
+                 for m in lstm.mpo_modules() for p in m.cores}
+    assert schedule.step(10)
+    assert len(schedule.replaced) == sum(len(m.cores) for m in lstm.mpo_modules())
+    sync_optimizer(opt, lstm.parameters(), carry=schedule.replaced)
+    assert set(opt.state) == set(lstm.parameters())
+    for old, new in schedule.replaced:
+        state = opt.state[new]
+        step, mean_sq = old_state[id(old)]
+        assert float(state["step"]) == step == 3
+        assert not state["exp_avg"].any() and state["exp_avg"].shape == new.shape
+        assert torch.allclose(state["exp_avg_sq"], torch.full_like(new, mean_sq))
+        assert ("max_exp_avg_sq" in state) == amsgrad
+    before = [p.detach().clone() for m in lstm.mpo_modules() for p in m.cores]
+    opt.zero_grad()
+    lstm(x)[0].sum().backward()
+    opt.step()
+    after = [p.detach() for m in lstm.mpo_modules() for p in m.cores]
+    restarted_step = 1e-2  # a restarted Adam moves every element by lr (bias correction at step 1)
+    moved = float(torch.cat([(a - b).abs().flatten() for a, b in zip(after, before)]).mean())
+    assert 0 < moved < 0.5 * restarted_step, f"carried state still moved the cores by {moved} per element on average"
+
+
+def test_hand_on_state_without_adam_state_starts_fresh():
+    old, new = nn.Parameter(torch.ones(3)), nn.Parameter(torch.ones(2))
+    opt = torch.optim.SGD([old], lr=0.1, momentum=0.9)
+    old.grad = torch.ones(3)
+    opt.step()
+    hand_on_state(opt, [(old, new)])
+    assert old not in opt.state and new not in opt.state
 
 
 def test_works_on_mpo_linear_layers():
