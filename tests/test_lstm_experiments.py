@@ -233,6 +233,26 @@ def test_gradual_method_starts_at_the_dense_init_and_has_the_mpo_budget():
     assert gradual.final_bonds == {name: tuple(m.bond_dims) for name, m in mpo.lstm.weight_modules()}
 
 
+def test_experiment_cut_hands_adam_state_to_the_new_cores():
+    from mpokit.experiments.lstm_common import compression_schedule, dense_parameters, schedule_step, set_seed
+
+    set_seed(0)
+    build = build_lstm("mpo_gradual", 16, 16, 1, 10)
+    model = nn.Sequential()
+    model.add_module("lstm", build.lstm)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    schedule = compression_schedule(build, 20, 0.0, 0.5, 5)
+    x = torch.randn(4, 2, 16)
+    for step in range(2):
+        opt.zero_grad()
+        build.lstm(x)[0].sum().backward()
+        opt.step()
+        schedule_step(schedule, step, opt, model)  # step 0 cuts
+    cores = [p for m in build.lstm.mpo_modules() for p in m.cores]
+    assert schedule.replaced and opt.param_groups[0]["params"] == dense_parameters(model)
+    assert all(float(opt.state[p]["step"]) == 2 for p in cores), "cut cores continue the Adam step count"
+
+
 def test_tiny_gradual_truncation_run_ends_at_the_budget(tmp_path):
     from mpokit import cli
     from mpokit.experiments.lstm_report import read_runs

@@ -13,7 +13,8 @@ Methods (``METHODS``):
 * ``"mpo_gradual"`` (not in the default grid): MPO-LSTM that starts dense like pruning does -- the
   exact (full-bond) MPO of the dense LSTM's init -- and has its bonds cut on pruning's cubic schedule
   (:class:`mpokit.bond_schedule.GradualBondTruncation`) down to the bonds of ``"mpo"`` at the same
-  rate, then fine-tuned. Same final budget and same schedule steps as pruning.
+  rate, then fine-tuned; each cut core inherits its predecessor's Adam state. Same final budget and
+  same schedule steps as pruning.
 
 Rate = dense W+U weight count / compressed W+U count (biases, embeddings and output layers are
 dense in every method and not part of the rate).
@@ -174,11 +175,13 @@ def compression_schedule(build: LSTMBuild, total_steps: int, begin: float, end: 
 
 def schedule_step(schedule, step: int, optimizer: torch.optim.Optimizer, model: nn.Module) -> None:
     """Advance ``schedule`` (if any) after optimizer step ``step``; re-point ``optimizer`` (one group over
-    :func:`dense_parameters`) at the live parameters when a cut replaced cores."""
+    :func:`dense_parameters`) at the live parameters when a cut replaced cores, handing each cut core's
+    Adam state on to its successor (:func:`mpokit.bond_schedule.hand_on_state`: a restart would move
+    every element by the full lr after each of the schedule's cuts)."""
     if schedule is not None and schedule.step(step):
         from ..bond_schedule import sync_optimizer
 
-        sync_optimizer(optimizer, dense_parameters(model))
+        sync_optimizer(optimizer, dense_parameters(model), carry=getattr(schedule, "replaced", ()))
 
 
 def check_schedule_finished(schedule) -> None:
