@@ -16,7 +16,9 @@ grows with the parameter count, and on Rotten Tomatoes the recurrent matrix's no
 epoch: ``scripts/lstm_training_variants.py``, RESULTS.md.) Each cut is a TT-SVD truncation of the trained
 cores (:meth:`mpokit.layers.base.MPOModuleBase.truncate_`), so it removes the smallest singular values
 of the weights as they are at that step. A cut replaces the cores by new ``nn.Parameter`` objects:
-hand them to the optimizer with :func:`sync_optimizer` (the cut cores' optimizer state restarts).
+hand them to the optimizer with :func:`sync_optimizer`, passing ``carry=schedule.replaced`` so that
+each new core inherits its predecessor's Adam statistics (:func:`hand_on_state`) instead of
+restarting them (a restarted Adam moves every element by the full lr on its first step).
 
 Example::
 
@@ -26,7 +28,7 @@ Example::
     for step, batch in enumerate(batches):
         loss.backward(); opt.step()
         if schedule.step(step):
-            sync_optimizer(opt, model.parameters())
+            sync_optimizer(opt, model.parameters(), carry=schedule.replaced)
 """
 
 from __future__ import annotations
