@@ -100,3 +100,26 @@ def test_ptb_batchify_and_bptt():
     assert [w[0].shape[0] for w in windows] == [3, 1]
     for x, y in windows:
         assert torch.equal(x + 1, y)
+
+
+def test_exported_files_give_the_same_data(tmp_path, monkeypatch, rt, ptb):
+    from mpokit.data.files import ENV, export_data, main
+
+    monkeypatch.delenv(ENV, raising=False)
+    written = export_data(tmp_path / "files")
+    assert sorted(p.name for p in written) == ["ptb.test.txt", "ptb.train.txt", "ptb.valid.txt",
+                                               "rotten_tomatoes_corpus_full.csv.bz2"]
+    assert sum(p.stat().st_size for p in written) < 16 * 2**20, "small enough to carry to another machine"
+    assert not list((tmp_path / "files").glob(".*")), "no temporary files left behind"
+    monkeypatch.setenv(ENV, str(tmp_path / "files"))
+    from_files_rt, from_files_ptb = load_rotten_tomatoes(seed=0), load_ptb()
+    for name in ("train", "validation", "test"):
+        assert from_files_rt.split(name) == rt.split(name)
+    for name in ("train", "valid", "test"):
+        assert torch.equal(getattr(from_files_ptb, name), getattr(ptb, name))
+    assert from_files_ptb.vocab.itos == ptb.vocab.itos
+    (tmp_path / "files" / "ptb.valid.txt").unlink()
+    with pytest.raises(FileNotFoundError, match="ptb.valid.txt is missing; write the files with `python -m mpokit.data.files"):
+        load_ptb()
+    monkeypatch.delenv(ENV)
+    assert main([str(tmp_path / "again")]) == 0 and (tmp_path / "again" / "ptb.valid.txt").is_file()

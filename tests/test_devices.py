@@ -5,6 +5,8 @@ same file checks the GPU code paths (cuBLAS, cuDNN's fused LSTM, CUDA autocast) 
 execute it: ``pytest tests/test_devices.py`` (see ``benchmarks/gpu_checks.sh``).
 """
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -91,3 +93,31 @@ def test_lstm_matches_dense_with_gradients(device, execution):
     y.square().mean().backward()
     grads = [core.grad for _, module in mpo.weight_modules() for core in module.cores]
     assert all(g is not None and g.device.type == device and torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("task", ["classify", "lm"])
+def test_lstm_experiment_trains_every_method_on_the_device(device, task, tmp_path):
+    """The tiny preset of both LSTM experiments, all four methods, on ``device``: every run ends at
+    its budget (masks / bonds on the device) and the report names the device."""
+    from mpokit.experiments import lstm_classification, lstm_lm
+    from mpokit.experiments.lstm_report import read_runs
+
+    module = lstm_classification if task == "classify" else lstm_lm
+    cfg = module.config_from_preset("tiny", methods=("dense", "mpo", "pruning", "mpo_gradual"))
+    run = module.run_classification if task == "classify" else module.run_language_model
+    run(cfg, tmp_path, progress=False, device=device)
+    rows = {r["method"]: r for r in read_runs(tmp_path / "runs.csv")}
+    assert rows["mpo"]["lstm_weights"] == rows["pruning"]["lstm_weights"] == rows["mpo_gradual"]["lstm_weights"]
+    assert all(math.isfinite(r["metric_test"]) for r in rows.values())
+    assert f"device {device}" in (tmp_path / "results.md").read_text()
+
+
+def test_lstm_experiment_rejects_unknown_devices(tmp_path):
+    from mpokit.experiments.lstm_classification import PRESETS, run_classification
+
+    bad = ["tpu", "meta"] + ([] if torch.cuda.is_available() else ["cuda"])
+    for device in bad:
+        with pytest.raises(ValueError, match="device"):
+            run_classification(PRESETS["tiny"], tmp_path / device, progress=False, device=device)
+        assert not (tmp_path / device).exists(), "nothing is written for a bad device"

@@ -63,6 +63,9 @@ def register(subparsers) -> argparse.ArgumentParser:
                         help="train nothing: merge the runs of these experiment folders (e.g. seeds run as parallel "
                              "processes) into --out, with one runs.csv, results.md and plot")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--device", default="cpu",
+                        help="where the runs train: cpu (default) or cuda / cuda:N. On a machine without the data "
+                             "packages, point MPOKIT_DATA_DIR at the files of `python -m mpokit.data.files DIR`")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.set_defaults(func=run)
     return parser
@@ -98,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
 
         cfg = config_from_preset(args.preset, train_tokens=args.train_size, **overrides)
     out = args.out or f"runs/lstm_{args.task}_{args.preset}"
-    return _report(run_task(cfg, out, progress=not args.no_progress, resume=args.resume, command=_command()))
+    return _report(run_task(cfg, out, progress=not args.no_progress, resume=args.resume, command=_command(), device=args.device))
 
 
 def _report(result) -> int:

@@ -143,14 +143,17 @@ def accuracy(model: nn.Module, split: tuple, batch_size: int = 256) -> float:
     return 100.0 * correct / len(labels)
 
 
-def train_one(cfg: ClassifyConfig, data: ClassifyData, method: str, rate: float, seed: int, progress: bool = False) -> dict:
-    """Train one model (method, rate, seed) and return its CSV row."""
+def train_one(cfg: ClassifyConfig, data: ClassifyData, method: str, rate: float, seed: int, progress: bool = False,
+              device: str = "cpu") -> dict:
+    """Train one model (method, rate, seed) on ``device`` and return its CSV row. The model is
+    initialised on the CPU (same init on every device) and then moved."""
     from tqdm.auto import tqdm
 
     set_seed(seed)
     build = build_lstm(method, cfg.embed_dim, cfg.hidden_size, 1, rate, batch_first=True, mpo_cores=cfg.mpo_cores)
-    model = LSTMClassifier(data.vocab_size, cfg.embed_dim, build.lstm, 2, cfg.dropout)
-    ids, lengths, labels = data.train
+    model = LSTMClassifier(data.vocab_size, cfg.embed_dim, build.lstm, 2, cfg.dropout).to(device)
+    ids, lengths, labels = (t.to(device) for t in data.train)
+    validation, test_split = (tuple(t.to(device) for t in split) for split in (data.validation, data.test))
     steps_per_epoch = -(-len(labels) // cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
     schedule = compression_schedule(build, total, cfg.prune_begin, cfg.prune_end, cfg.prune_frequency)  # pruning / mpo_gradual
@@ -180,19 +183,20 @@ def train_one(cfg: ClassifyConfig, data: ClassifyData, method: str, rate: float,
         train_s.append(t.seconds)
         if epoch >= first_epoch:
             with Timer() as t:
-                valid = accuracy(model, data.validation)
+                valid = accuracy(model, validation)
             infer_s.append(t.seconds)
-            test = accuracy(model, data.test)
+            test = accuracy(model, test_split)
             if valid > best[0]:
                 best = (valid, test, epoch)
     check_schedule_finished(schedule)
     return run_record("classify", "accuracy", cfg, method, rate, seed, best, losses, model, build, train_s, infer_s)
 
 
-def run_classification(cfg: ClassifyConfig, out_dir, *, progress: bool = True, resume: bool = False, command: str | None = None):
-    """Run the whole grid of ``cfg`` and write ``runs.csv``, ``results.md`` and the PNG plot to ``out_dir``."""
+def run_classification(cfg: ClassifyConfig, out_dir, *, progress: bool = True, resume: bool = False, command: str | None = None,
+                       device: str = "cpu"):
+    """Run the whole grid of ``cfg`` on ``device`` and write ``runs.csv``, ``results.md`` and the PNG plot to ``out_dir``."""
     return run_experiment("classify", cfg, out_dir, prepare_data, train_one, METRICS["classify"],
-                          progress=progress, resume=resume, command=command)
+                          progress=progress, resume=resume, command=command, device=device)
 
 
 def config_from_preset(preset: str, **overrides) -> ClassifyConfig:

@@ -235,13 +235,17 @@ def dense_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 
 class Timer:
-    """Wall-clock seconds of a ``with`` block (``timer.seconds``)."""
+    """Wall-clock seconds of a ``with`` block (``timer.seconds``), including queued CUDA work."""
 
     def __enter__(self):
+        if torch.cuda.is_initialized():
+            torch.cuda.synchronize()
         self._t0 = time.perf_counter()
         return self
 
     def __exit__(self, *exc):
+        if torch.cuda.is_initialized():  # GPU work is asynchronous: time it to completion
+            torch.cuda.synchronize()
         self.seconds = time.perf_counter() - self._t0
         return False
 

