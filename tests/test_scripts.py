@@ -28,6 +28,10 @@ def test_each_init_builds_the_documented_mpo(variants):
     lstm, _, final = variants.build(variants.parse_args(["--rate", "10", "--n-cores", "3"]), cfg)
     assert all(len(m.cores) == 3 for m in lstm.mpo_modules()) and abs(lstm.compression_rate - 10) / 10 < 0.1
 
+    lstm, _, final = variants.build(variants.parse_args(["--rate", "10", "--modes", "4,4,4"]), cfg)
+    assert lstm.hidden_modes == (4, 4, 4) and all(m.in_modes == (4, 4, 4) for m in lstm.mpo_modules())
+    assert abs(lstm.compression_rate - 10) / 10 < 0.1
+
     lstm, _, final = variants.build(variants.parse_args(["--rate", "10", "--init", "gradual"]), cfg)
     assert lstm.compression_rate < 1  # starts from the exact, full-bond MPO ...
     assert set(final) == {"weight_ih_l0", "weight_hh_l0"} and all(len(b) == 3 for b in final.values())  # ... cut to these
