@@ -14,6 +14,7 @@ Variants (all off by default, i.e. the experiment's own training):
 * ``--core-mult M``: the cores' learning rate is M x ``--lr``;
 * ``--n-cores N``: MPO cores per matrix (budget then follows the N-core MPO);
 * ``--modes 4,4,4,4``: other hidden / input modes (the embedding size equals the hidden size here);
+* ``--rate-ih A --rate-hh B``: W and U at their own rates (a split of the budget between them);
 * ``--init spectral|spectral_rescaled``: the cores are the TT-SVD of a dense ``nn.LSTM`` init truncated
   to the rate (rescaled: to the dense matrix's Frobenius norm);
 * ``--init gradual``: start from the exact (full-bond) MPO of a dense init and truncate the bonds every
@@ -63,6 +64,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--core-wd", type=float, default=0.0, help="AdamW weight decay of the MPO cores")
     p.add_argument("--core-mult", type=float, default=1.0, help="cores' learning rate / --lr")
     p.add_argument("--n-cores", type=int, default=4)
+    p.add_argument("--rate-ih", type=float, default=None, help="W's own rate (with --rate-hh; random init): a W/U split")
+    p.add_argument("--rate-hh", type=float, default=None, help="U's own rate (with --rate-ih)")
     p.add_argument("--modes", type=lambda v: tuple(int(x) for x in v.split(",")), default=None,
                    help="hidden and input modes of every MPO, e.g. 4,4,4,4 (default: lstm_modes, 8,2,2,8)")
     p.add_argument("--init", default="random", choices=("random", "spectral", "spectral_rescaled", "gradual"))
@@ -80,9 +83,10 @@ def build(a, cfg) -> tuple[nn.Module, object, dict | None]:
     lstm = record.lstm
     if a.method != "mpo":
         return lstm, record, None
-    if a.n_cores != 4 or a.modes:
-        lstm = MPOLSTM(cfg.embed_dim, cfg.hidden_size, rate=a.rate, n_cores=a.n_cores, modes=a.modes, input_modes=a.modes,
-                       batch_first=True)
+    if a.n_cores != 4 or a.modes or a.rate_ih:
+        rates = dict(rate_ih=a.rate_ih, rate_hh=a.rate_hh) if a.rate_ih else dict(rate=a.rate)
+        lstm = MPOLSTM(cfg.embed_dim, cfg.hidden_size, n_cores=a.n_cores, modes=a.modes, input_modes=a.modes,
+                       batch_first=True, **rates)
     if a.init == "gradual":
         final_bonds = {n: m.bond_dims for n, m in lstm.weight_modules()}
         return MPOLSTM.from_lstm(nn.LSTM(cfg.embed_dim, cfg.hidden_size, batch_first=True), n_cores=a.n_cores), record, final_bonds

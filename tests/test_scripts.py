@@ -32,6 +32,10 @@ def test_each_init_builds_the_documented_mpo(variants):
     assert lstm.hidden_modes == (4, 4, 4) and all(m.in_modes == (4, 4, 4) for m in lstm.mpo_modules())
     assert abs(lstm.compression_rate - 10) / 10 < 0.1
 
+    lstm, _, _ = variants.build(variants.parse_args(["--rate-ih", "12", "--rate-hh", "4"]), cfg)
+    w, u = (m.dense_params / m.num_mpo_params for _, m in lstm.weight_modules())
+    assert abs(w - 12) / 12 < 0.2 and abs(u - 4) / 4 < 0.2, (w, u)
+
     lstm, _, final = variants.build(variants.parse_args(["--rate", "10", "--init", "gradual"]), cfg)
     assert lstm.compression_rate < 1  # starts from the exact, full-bond MPO ...
     assert set(final) == {"weight_ih_l0", "weight_hh_l0"} and all(len(b) == 3 for b in final.values())  # ... cut to these
