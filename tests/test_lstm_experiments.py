@@ -131,6 +131,40 @@ def test_combine_merges_folders_and_refuses_mismatches(tmp_path, capsys):
     assert (tmp_path / "all" / "runs.csv").read_bytes() == before  # refused combinations change nothing
 
 
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_hh_share_gives_u_its_fraction_of_the_same_budget(num_layers):
+    torch.manual_seed(0)
+    target = dense_lstm_weight_count(256, 256, num_layers) / 10
+    for method in ("mpo", "mpo_gradual"):
+        build = build_lstm(method, 256, 256, num_layers, 10, mpo_hh_share=0.8)
+        assert abs(build.budget - target) / target <= 0.05, (method, build.budget, target)
+    mpo = build_lstm("mpo", 256, 256, num_layers, 10, mpo_hh_share=0.8)
+    count = _independent_mpo_count(mpo.lstm)
+    u = sum(sum(c.numel() for c in m.cores) for name, m in mpo.lstm.weight_modules() if "_hh_" in name)
+    assert count == mpo.budget and abs(u / count - 0.8) <= 0.05, u / count
+    assert build_lstm("pruning", 256, 256, num_layers, 10, mpo_hh_share=0.8).pruner_nonzeros == count
+    gradual = build_lstm("mpo_gradual", 256, 256, num_layers, 10, mpo_hh_share=0.8)
+    assert gradual.final_bonds == {name: tuple(m.bond_dims) for name, m in mpo.lstm.weight_modules()}
+
+
+def test_cli_hh_share_reaches_the_config_and_bad_shares_are_rejected(tmp_path):
+    from mpokit import cli
+    from mpokit.experiments.lstm_classification import config_from_preset
+    from mpokit.experiments.lstm_report import read_runs
+
+    args = ["lstm", "classify", "--preset", "tiny", "--methods", "mpo", "--mpo-hh-share", "0.7", "--out", str(tmp_path), "--no-progress"]
+    assert cli.main(args) == 0
+    assert json.loads((tmp_path / "config.json").read_text())["mpo_hh_share"] == 0.7
+    row = read_runs(tmp_path / "runs.csv")[0]
+    w, u = (int(d.split(":")[1].split("x")[0]) for d in row["bond_dims"].split(";"))
+    assert u > w, "U gets the larger bond"
+    for share in (0, 1, -0.1, 1.5, float("nan"), True):
+        with pytest.raises(ValueError, match="mpo_hh_share must be a number strictly between 0 and 1"):
+            config_from_preset("tiny", mpo_hh_share=share)
+    with pytest.raises(ValueError, match="input_size == hidden_size"):
+        build_lstm("mpo", 128, 256, 2, 10, mpo_hh_share=0.8)
+
+
 @pytest.mark.parametrize("n_cores", [1, 0, 2.5, True])
 def test_bad_core_count_is_rejected(n_cores):
     from mpokit.experiments.lstm_classification import config_from_preset

@@ -56,6 +56,9 @@ def register(subparsers) -> argparse.ArgumentParser:
                              "is reported at its best mean validation metric")
     parser.add_argument("--mpo-cores", type=int, default=None,
                         help="cores per MPO of the MPO-LSTM (default 4: modes 256 -> 8x2x2x8); also sets pruning's budget")
+    parser.add_argument("--mpo-hh-share", type=float, default=None,
+                        help="fraction of the MPO budget given to the hidden-to-hidden matrices U, e.g. 0.8 (default: "
+                             "W and U at one rate); pruning's budget follows the MPO count")
     parser.add_argument("--train-size", type=int, default=None,
                         help="classify: training sentences; lm: training tokens (default: the preset's)")
     parser.add_argument("--resume", action="store_true", help="skip runs already in OUT/runs.csv")
@@ -91,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     overrides = {"rates": args.rates, "seeds": args.seeds, "methods": args.methods, "epochs": args.epochs,
-                 "lr": args.lr, "lr_grid": args.lrs, "mpo_cores": args.mpo_cores}
+                 "lr": args.lr, "lr_grid": args.lrs, "mpo_cores": args.mpo_cores,
+                 "mpo_hh_share": args.mpo_hh_share}
     if args.task == "classify":
         from ..experiments.lstm_classification import config_from_preset, run_classification as run_task
 

@@ -29,8 +29,8 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from .lstm_common import (DEFAULT_METHODS, PAPER_RATES, Timer, build_lstm, check_learning_rates, check_mpo_cores,
-                          check_schedule_finished, compression_schedule, dense_parameters, make_optimizers, preset_config,
+from .lstm_common import (DEFAULT_METHODS, PAPER_RATES, Timer, build_lstm, check_hh_share, check_learning_rates,
+                          check_mpo_cores,                           check_schedule_finished, compression_schedule, dense_parameters, make_optimizers, preset_config,
                           run_record, schedule_step, set_seed)
 from .lstm_runner import METRICS, eligible_from_epoch, run_experiment
 
@@ -54,6 +54,7 @@ class ClassifyConfig:
     lr_grid: tuple = ()  # learning rates tried per (method, rate); each picks its best on validation. () = just lr
     clip: float = 5.0  # gradient-norm clip
     mpo_cores: int = 4  # cores per MPO of the MPO-LSTM (modes: mpokit.layers.lstm.lstm_modes); sets the budget of pruning too
+    mpo_hh_share: float | None = None  # fraction of the MPO budget given to U (None: W and U at one rate); pruning follows
     prune_begin: float = 0.0  # fraction of all steps where gradual pruning starts
     prune_end: float = 0.5  # ... and reaches the target (then fine-tuning)
     prune_frequency: int = 10  # steps between mask updates
@@ -71,6 +72,7 @@ class ClassifyConfig:
             raise ValueError("seeds must not be empty; e.g. seeds=(0, 1, 2)")
         check_learning_rates(self.lr, self.lr_grid)
         check_mpo_cores(self.mpo_cores)
+        check_hh_share(self.mpo_hh_share)
 
 
 PRESETS_BASE = ClassifyConfig()
@@ -150,7 +152,8 @@ def train_one(cfg: ClassifyConfig, data: ClassifyData, method: str, rate: float,
     from tqdm.auto import tqdm
 
     set_seed(seed)
-    build = build_lstm(method, cfg.embed_dim, cfg.hidden_size, 1, rate, batch_first=True, mpo_cores=cfg.mpo_cores)
+    build = build_lstm(method, cfg.embed_dim, cfg.hidden_size, 1, rate, batch_first=True, mpo_cores=cfg.mpo_cores,
+                       mpo_hh_share=cfg.mpo_hh_share)
     model = LSTMClassifier(data.vocab_size, cfg.embed_dim, build.lstm, 2, cfg.dropout).to(device)
     ids, lengths, labels = (t.to(device) for t in data.train)
     validation, test_split = (tuple(t.to(device) for t in split) for split in (data.validation, data.test))

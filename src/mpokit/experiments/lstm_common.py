@@ -69,16 +69,36 @@ def check_mpo_cores(n_cores) -> None:
         raise ValueError(f"mpo_cores must be an int >= 2 (one core is the dense matrix), got {n_cores!r}; e.g. mpo_cores=4")
 
 
+def check_hh_share(share) -> None:
+    """Validate the share of the MPO budget given to the hidden-to-hidden matrices U (None: even rates)."""
+    if share is None:
+        return
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share < 1:
+        raise ValueError(f"mpo_hh_share must be a number strictly between 0 and 1 (the fraction of the MPO budget "
+                         f"given to U), got {share!r}; e.g. mpo_hh_share=0.8, or None for one rate for W and U")
+
+
+def split_rates(input_size: int, hidden_size: int, rate: float, hh_share: float | None) -> tuple[float, float]:
+    """(rate of W, rate of U) that give U the fraction ``hh_share`` of the W+U budget at ``rate``
+    (``(rate, rate)`` when ``hh_share`` is None). Example: 256, 256, 10, 0.82 -> (27.8, 6.1)."""
+    check_hh_share(hh_share)
+    if hh_share is None:
+        return rate, rate
+    dense_w, dense_u = 4 * hidden_size * input_size, 4 * hidden_size * hidden_size
+    budget = (dense_w + dense_u) / rate
+    return dense_w / ((1 - hh_share) * budget), dense_u / (hh_share * budget)
+
+
 def set_seed(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
 
 
-def mpo_lstm_shapes(input_size: int, hidden_size: int, num_layers: int, rate: float,
-                    n_cores: int = 4) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
+def mpo_lstm_shapes(input_size: int, hidden_size: int, num_layers: int, rate: float, n_cores: int = 4,
+                    hh_share: float | None = None) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
     """``(out_modes, in_modes, bond_dims)`` of each W / U (``weight_ih_l0``, ``weight_hh_l0``, ...) of an
-    MPOLSTM at ``rate`` with ``n_cores`` cores, from the modes and bond formula alone (no module is
-    built, no RNG is touched)."""
+    MPOLSTM at ``rate`` with ``n_cores`` cores (W and U at the rates of :func:`split_rates` when
+    ``hh_share`` is given), from the modes and bond formula alone (no module is built, no RNG is touched)."""
     from ..layers.lstm import bond_dim_for_rate, gate_modes, lstm_modes
 
     hidden_modes = lstm_modes(hidden_size, n_cores)
@@ -86,16 +106,18 @@ def mpo_lstm_shapes(input_size: int, hidden_size: int, num_layers: int, rate: fl
     out = {}
     for layer in range(num_layers):
         in_modes = lstm_modes(input_size if layer == 0 else hidden_size, n_cores)
+        rates = dict(zip(("ih", "hh"), split_rates(input_size, hidden_size, rate, hh_share)))
         for kind, cols in (("ih", in_modes), ("hh", hidden_modes)):
-            d = bond_dim_for_rate(out_modes, cols, rate)
+            d = bond_dim_for_rate(out_modes, cols, rates[kind])
             out[f"weight_{kind}_l{layer}"] = (out_modes, cols, shapes.consistent_bond_dims(out_modes, cols, [d] * (len(out_modes) - 1)))
     return out
 
 
-def mpo_lstm_weight_counts(input_size: int, hidden_size: int, num_layers: int, rate: float, n_cores: int = 4) -> dict[str, int]:
+def mpo_lstm_weight_counts(input_size: int, hidden_size: int, num_layers: int, rate: float, n_cores: int = 4,
+                           hh_share: float | None = None) -> dict[str, int]:
     """MPO parameters of each W / U of an MPOLSTM at ``rate`` with ``n_cores`` cores (see :func:`mpo_lstm_shapes`)."""
     return {name: shapes.mpo_num_params(*spec)
-            for name, spec in mpo_lstm_shapes(input_size, hidden_size, num_layers, rate, n_cores).items()}
+            for name, spec in mpo_lstm_shapes(input_size, hidden_size, num_layers, rate, n_cores, hh_share).items()}
 
 
 def dense_lstm_weight_count(input_size: int, hidden_size: int, num_layers: int) -> int:
@@ -125,22 +147,29 @@ class LSTMBuild:
 
 
 def build_lstm(method: str, input_size: int, hidden_size: int, num_layers: int, rate: float, *, dropout: float = 0.0,
-               batch_first: bool = False, mpo_cores: int = 4) -> LSTMBuild:
+               batch_first: bool = False, mpo_cores: int = 4, mpo_hh_share: float | None = None) -> LSTMBuild:
     """The LSTM of ``method`` at ``rate`` (ignored for dense). The pruning LSTM starts dense; attach an
     :class:`~mpokit.baselines.lstm_pruning.LSTMPruner` with ``final_nonzeros=build.budget``; the
     ``mpo_gradual`` LSTM starts as the exact MPO of a dense init (:func:`compression_schedule` builds
-    both schedules). ``mpo_cores``: cores per MPO (the MPO-LSTM's, and through the budget also pruning's)."""
+    both schedules). ``mpo_cores``: cores per MPO (the MPO-LSTM's, and through the budget also pruning's).
+    ``mpo_hh_share``: fraction of the MPO budget given to the U matrices (:func:`split_rates`; None:
+    W and U at the same rate); pruning's budget follows the resulting MPO count."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {METHODS}, e.g. 'mpo'")
     dense = dense_lstm_weight_count(input_size, hidden_size, num_layers)
     kwargs = dict(num_layers=num_layers, dropout=dropout, batch_first=batch_first)
     if method == "dense":
         return LSTMBuild(method, 1, nn.LSTM(input_size, hidden_size, **kwargs), dense, dense)
-    budget = sum(mpo_lstm_weight_counts(input_size, hidden_size, num_layers, rate, mpo_cores).values())
+    check_hh_share(mpo_hh_share)
+    if mpo_hh_share is not None and num_layers > 1 and input_size != hidden_size:
+        raise ValueError(f"mpo_hh_share needs input_size == hidden_size when num_layers > 1 (one W rate for every "
+                         f"layer), got {input_size} and {hidden_size}; e.g. embed_dim=hidden_size=256")
+    budget = sum(mpo_lstm_weight_counts(input_size, hidden_size, num_layers, rate, mpo_cores, mpo_hh_share).values())
+    rate_ih, rate_hh = split_rates(input_size, hidden_size, rate, mpo_hh_share)
     if method == "mpo":
         from ..layers.lstm import MPOLSTM
 
-        lstm = MPOLSTM(input_size, hidden_size, rate=rate, n_cores=mpo_cores, **kwargs)
+        lstm = MPOLSTM(input_size, hidden_size, rate_ih=rate_ih, rate_hh=rate_hh, n_cores=mpo_cores, **kwargs)
         if lstm.num_weight_params() != budget:  # internal invariant: both use the same bond formula
             raise AssertionError(f"MPOLSTM has {lstm.num_weight_params()} weights, the budget formula says {budget}")
         return LSTMBuild(method, rate, lstm, dense, budget)
@@ -148,7 +177,8 @@ def build_lstm(method: str, input_size: int, hidden_size: int, num_layers: int, 
         from ..layers.lstm import MPOLSTM
 
         lstm = MPOLSTM.from_lstm(nn.LSTM(input_size, hidden_size, **kwargs), n_cores=mpo_cores)  # exact: full bonds
-        final = {name: spec[2] for name, spec in mpo_lstm_shapes(input_size, hidden_size, num_layers, rate, mpo_cores).items()}
+        shapes_ = mpo_lstm_shapes(input_size, hidden_size, num_layers, rate, mpo_cores, mpo_hh_share)
+        final = {name: spec[2] for name, spec in shapes_.items()}
         return LSTMBuild(method, rate, lstm, dense, budget, final_bonds=final)
     return LSTMBuild(method, rate, nn.LSTM(input_size, hidden_size, **kwargs), dense, budget, pruner_nonzeros=budget)
 

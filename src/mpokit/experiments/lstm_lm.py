@@ -31,8 +31,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .lstm_common import (DEFAULT_METHODS, PAPER_RATES, Timer, build_lstm, check_learning_rates, check_mpo_cores,
-                          check_schedule_finished, compression_schedule, dense_parameters, make_optimizers, preset_config,
+from .lstm_common import (DEFAULT_METHODS, PAPER_RATES, Timer, build_lstm, check_hh_share, check_learning_rates,
+                          check_mpo_cores,                           check_schedule_finished, compression_schedule, dense_parameters, make_optimizers, preset_config,
                           run_record, schedule_step, set_seed)
 from .lstm_runner import METRICS, eligible_from_epoch, run_experiment
 
@@ -56,6 +56,7 @@ class LMConfig:
     lr_grid: tuple = ()  # learning rates tried per (method, rate); each picks its best on validation. () = just lr
     clip: float = 0.5
     mpo_cores: int = 4  # cores per MPO of the MPO-LSTM (modes: mpokit.layers.lstm.lstm_modes); sets the budget of pruning too
+    mpo_hh_share: float | None = None  # fraction of the MPO budget given to U (None: W and U at one rate); pruning follows
     prune_begin: float = 0.0
     prune_end: float = 0.5
     prune_frequency: int = 10
@@ -73,6 +74,7 @@ class LMConfig:
             raise ValueError("seeds must not be empty; e.g. seeds=(0, 1, 2)")
         check_learning_rates(self.lr, self.lr_grid)
         check_mpo_cores(self.mpo_cores)
+        check_hh_share(self.mpo_hh_share)
 
 
 PRESETS = {
@@ -156,7 +158,8 @@ def train_one(cfg: LMConfig, data: LMData, method: str, rate: float, seed: int, 
     from ..data import bptt_windows
 
     set_seed(seed)
-    build = build_lstm(method, cfg.embed_dim, cfg.hidden_size, cfg.num_layers, rate, dropout=cfg.dropout, mpo_cores=cfg.mpo_cores)
+    build = build_lstm(method, cfg.embed_dim, cfg.hidden_size, cfg.num_layers, rate, dropout=cfg.dropout, mpo_cores=cfg.mpo_cores,
+                       mpo_hh_share=cfg.mpo_hh_share)
     model = LSTMLanguageModel(data.vocab_size, cfg.embed_dim, build.lstm, cfg.dropout).to(device)
     train, valid_columns, test_columns = (t.to(device) for t in (data.train, data.valid, data.test))
     steps_per_epoch = len(range(0, train.size(0) - 1, cfg.bptt))
