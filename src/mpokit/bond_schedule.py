@@ -180,8 +180,8 @@ def sync_optimizer(optimizer: torch.optim.Optimizer, params: Iterable[nn.Paramet
         raise ValueError(f"sync_optimizer needs an optimizer with one parameter group, got {len(optimizer.param_groups)}; "
                          "e.g. torch.optim.Adam(model.parameters())")
     live = list(params)
-    hand_on_state(optimizer, [(old, new) for old, new in carry if any(new is p for p in live)])
     keep = {id(p) for p in live}
+    hand_on_state(optimizer, [(old, new) for old, new in carry if id(new) in keep])
     for p in optimizer.param_groups[0]["params"]:
         if id(p) not in keep:
             optimizer.state.pop(p, None)

@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
-import shutil
-import tempfile
 
 ENV = "MPOKIT_DATA_DIR"
 RT_FILE = "rotten_tomatoes_corpus_full.csv.bz2"
@@ -46,20 +44,10 @@ def data_file(name: str) -> pathlib.Path | None:
     return path
 
 
-def _write_atomic(path: pathlib.Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def export_data(folder: str | os.PathLike) -> list[pathlib.Path]:
     """Write the PTB splits and the Rotten Tomatoes CSV into ``folder`` (read from the packages, even
     when ``MPOKIT_DATA_DIR`` is set); returns the paths written."""
+    from ..io import atomic_write_bytes, atomic_write_text
     from .ptb import PTB_SPLITS, ptb_package_text
     from .rotten_tomatoes import package_corpus_path
 
@@ -67,12 +55,11 @@ def export_data(folder: str | os.PathLike) -> list[pathlib.Path]:
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for split in PTB_SPLITS:
-        text = ptb_package_text(split)
         path = folder / ptb_file(split)
-        _write_atomic(path, lambda tmp, text=text: pathlib.Path(tmp).write_text(text, encoding="utf-8"))
+        atomic_write_text(path, ptb_package_text(split))
         written.append(path)
     path = folder / RT_FILE
-    _write_atomic(path, lambda tmp: shutil.copyfile(package_corpus_path(), tmp))
+    atomic_write_bytes(path, package_corpus_path().read_bytes())
     written.append(path)
     return written
 
