@@ -23,7 +23,6 @@ from collections import defaultdict
 import torch
 
 from mpokit import MPO, choose_modes, full_bond_dims
-from mpokit.mpo import interleave
 
 
 def bert_base_matrices(layers: int, seed: int = 0) -> list[tuple[str, torch.Tensor]]:

@@ -39,8 +39,6 @@ from typing import Sequence
 
 import torch
 
-from .mpo import rebuild_matrix
-
 __all__ = [
     "ContractionPlan",
     "ApplyPlan",

@@ -20,7 +20,6 @@ weight is transposed on the way in and back on the way out.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Iterable

@@ -85,11 +85,13 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     if args.combine:
-        from ..experiments.lstm_runner import combine_runs
-
         if not args.out:
             raise ValueError("--combine needs --out for the merged folder, e.g. --out runs/lstm_classify_full_all")
-        return _report(combine_runs(args.task, args.combine, args.out, command=_command()))
+        if args.task == "classify":
+            from ..experiments.lstm_classification import combine
+        else:
+            from ..experiments.lstm_lm import combine
+        return _report(combine(args.combine, args.out, command=_command()))
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)

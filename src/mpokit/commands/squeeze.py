@@ -62,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from ..squeeze import _atomic_write_text, compress_to_budget, evaluate, finetune
+    from ..io import atomic_write_text
+    from ..squeeze import compress_to_budget, evaluate, finetune
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -99,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     after = evaluate(model, test)
     report = {"settings": {k: v for k, v in vars(args).items() if k != "func"}, "sizes": data["sizes"],
               "test_before": before, "test_after": after, "seconds": time.time() - t0, **info}
-    _atomic_write_text(out / "report.json", json.dumps(report, indent=1, default=str))
+    atomic_write_text(out / "report.json", json.dumps(report, indent=1, default=str))
     print(f"{args.method}: encoder matrices {info['params']:,} / {info['dense_params']:,} parameters "
           f"({info['ratio']:.1%}); test accuracy {before['accuracy']:.4f} -> {after['accuracy']:.4f}; "
           f"report in {out / 'report.json'}")

