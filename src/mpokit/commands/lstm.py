@@ -87,11 +87,13 @@ def run(args: argparse.Namespace) -> int:
     if args.combine:
         if not args.out:
             raise ValueError("--combine needs --out for the merged folder, e.g. --out runs/lstm_classify_full_all")
+        from ..experiments.lstm_runner import combine_runs
+
         if args.task == "classify":
-            from ..experiments.lstm_classification import combine
+            from ..experiments.lstm_classification import ClassifyConfig as task_config
         else:
-            from ..experiments.lstm_lm import combine
-        return _report(combine(args.combine, args.out, command=_command()))
+            from ..experiments.lstm_lm import LMConfig as task_config
+        return _report(combine_runs(args.task, args.combine, args.out, task_config(), command=_command()))
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)

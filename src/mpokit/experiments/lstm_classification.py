@@ -32,7 +32,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from .lstm_common import (DEFAULT_METHODS, PAPER_RATES, Timer, build_lstm, check_hh_share, check_learning_rates,
                           check_mpo_cores,                           check_schedule_finished, compression_schedule, dense_parameters, make_optimizers, preset_config,
                           run_record, schedule_step, set_seed)
-from .lstm_runner import METRICS, combine_runs, eligible_from_epoch, run_experiment
+from .lstm_runner import METRICS, eligible_from_epoch, run_experiment
 
 
 @dataclass(frozen=True)
@@ -200,11 +200,6 @@ def run_classification(cfg: ClassifyConfig, out_dir, *, progress: bool = True, r
     """Run the whole grid of ``cfg`` on ``device`` and write ``runs.csv``, ``results.md`` and the PNG plot to ``out_dir``."""
     return run_experiment("classify", cfg, out_dir, prepare_data, train_one, METRICS["classify"],
                           progress=progress, resume=resume, command=command, device=device)
-
-
-def combine(sources, out_dir, *, command: str | None = None):
-    """Merge the classify runs of several experiment folders into ``out_dir`` (see :func:`~.lstm_runner.combine_runs`)."""
-    return combine_runs("classify", sources, out_dir, ClassifyConfig(), command=command)
 
 
 def config_from_preset(preset: str, **overrides) -> ClassifyConfig:

@@ -34,7 +34,7 @@ from torch import nn
 from .lstm_common import (DEFAULT_METHODS, PAPER_RATES, Timer, build_lstm, check_hh_share, check_learning_rates,
                           check_mpo_cores,                           check_schedule_finished, compression_schedule, dense_parameters, make_optimizers, preset_config,
                           run_record, schedule_step, set_seed)
-from .lstm_runner import METRICS, combine_runs, eligible_from_epoch, run_experiment
+from .lstm_runner import METRICS, eligible_from_epoch, run_experiment
 
 
 @dataclass(frozen=True)
@@ -205,11 +205,6 @@ def run_language_model(cfg: LMConfig, out_dir, *, progress: bool = True, resume:
     """Run the whole grid of ``cfg`` on ``device`` and write ``runs.csv``, ``results.md`` and the PNG plot to ``out_dir``."""
     return run_experiment("lm", cfg, out_dir, prepare_data, train_one, METRICS["lm"],
                           progress=progress, resume=resume, command=command, device=device)
-
-
-def combine(sources, out_dir, *, command: str | None = None):
-    """Merge the lm runs of several experiment folders into ``out_dir`` (see :func:`~.lstm_runner.combine_runs`)."""
-    return combine_runs("lm", sources, out_dir, LMConfig(), command=command)
 
 
 def config_from_preset(preset: str, **overrides) -> LMConfig:
