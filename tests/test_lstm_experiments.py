@@ -64,12 +64,16 @@ def test_budget_with_other_core_counts_matches_mpo_and_pruning(n_cores):
     assert build_lstm("pruning", 256, 256, 1, 10, mpo_cores=n_cores).pruner_nonzeros == count
 
 
-def test_cli_core_count_reaches_the_mpo_lstm(tmp_path):
+def test_cli_core_count_reaches_the_mpo_lstm(tmp_path, capsys):
     from mpokit import cli
     from mpokit.experiments.lstm_report import read_runs
 
     args = ["lstm", "lm", "--preset", "tiny", "--methods", "mpo", "--mpo-cores", "3", "--out", str(tmp_path), "--no-progress"]
     assert cli.main(args) == 0
+    # without bars, the log still says how each epoch and each run went
+    out = capsys.readouterr().out
+    assert "mpo r10 s0 epoch 1/2: train loss" in out and "mpo r10 s0 epoch 2/2: train loss" in out and ", valid perplexity" in out
+    assert "[lm] mpo      rate   10 seed 0" in out
     (row,) = read_runs(tmp_path / "runs.csv")
     assert all(len(spec.split(":")[1].split("x")) == 2 for spec in row["bond_dims"].split(";")), row["bond_dims"]
     assert json.loads((tmp_path / "config.json").read_text())["mpo_cores"] == 3

@@ -30,8 +30,8 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from .lstm_common import (DEFAULT_METHODS, PAPER_RATES, Timer, build_lstm, check_hh_share, check_learning_rates,
-                          check_mpo_cores,                           check_schedule_finished, compression_schedule, dense_parameters, make_optimizers, preset_config,
-                          run_record, schedule_step, set_seed)
+                          check_mpo_cores, check_schedule_finished, compression_schedule, dense_parameters, log_epoch,
+                          make_optimizers, preset_config, run_record, schedule_step, set_seed)
 from .lstm_runner import METRICS, eligible_from_epoch, run_experiment
 
 
@@ -168,6 +168,7 @@ def train_one(cfg: ClassifyConfig, data: ClassifyData, method: str, rate: float,
     step = 0
     for epoch in range(1, cfg.epochs + 1):
         model.train()
+        epoch_start = len(losses)
         perm = torch.randperm(len(labels), generator=order)
         bar = tqdm(range(steps_per_epoch), desc=f"{method} r{rate} s{seed} ep{epoch}", leave=False, disable=not progress, mininterval=2)
         with Timer() as t:
@@ -184,6 +185,7 @@ def train_one(cfg: ClassifyConfig, data: ClassifyData, method: str, rate: float,
                 losses.append(float(loss.detach()))
                 step += 1
         train_s.append(t.seconds)
+        valid = None
         if epoch >= first_epoch:
             with Timer() as t:
                 valid = accuracy(model, validation)
@@ -191,6 +193,8 @@ def train_one(cfg: ClassifyConfig, data: ClassifyData, method: str, rate: float,
             test = accuracy(model, test_split)
             if valid > best[0]:
                 best = (valid, test, epoch)
+        if not progress:
+            log_epoch(f"{method} r{rate} s{seed}", epoch, cfg.epochs, losses[epoch_start:], train_s[-1], "accuracy", valid)
     check_schedule_finished(schedule)
     return run_record("classify", "accuracy", cfg, method, rate, seed, best, losses, model, build, train_s, infer_s)
 

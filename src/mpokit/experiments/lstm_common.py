@@ -280,6 +280,18 @@ class Timer:
         return False
 
 
+def log_epoch(label: str, epoch: int, epochs: int, losses: Sequence[float], seconds: float, metric: str,
+              valid: float | None) -> str:
+    """One line per epoch for logs (used when progress bars are off): mean training loss of the epoch,
+    validation metric when it was measured, seconds; e.g. ``mpo r10 s0 epoch 3/6: train loss 4.8123, ...``."""
+    line = f"{label} epoch {epoch}/{epochs}: train loss {sum(losses) / max(len(losses), 1):.4f}"
+    if valid is not None:
+        line += f", valid {metric} {valid:.3f}"
+    line += f", {seconds:.1f} s"
+    print(line, flush=True)
+    return line
+
+
 def run_record(task: str, metric_name: str, cfg, method: str, rate: float, seed: int, best: tuple, losses: Sequence[float],
                model: nn.Module, build: LSTMBuild, train_s: Sequence[float], infer_s: Sequence[float]) -> dict:
     """One row of ``runs.csv``: the best (valid, test, epoch), loss trend, weight counts and times per epoch."""

@@ -32,8 +32,8 @@ import torch
 from torch import nn
 
 from .lstm_common import (DEFAULT_METHODS, PAPER_RATES, Timer, build_lstm, check_hh_share, check_learning_rates,
-                          check_mpo_cores,                           check_schedule_finished, compression_schedule, dense_parameters, make_optimizers, preset_config,
-                          run_record, schedule_step, set_seed)
+                          check_mpo_cores, check_schedule_finished, compression_schedule, dense_parameters, log_epoch,
+                          make_optimizers, preset_config, run_record, schedule_step, set_seed)
 from .lstm_runner import METRICS, eligible_from_epoch, run_experiment
 
 
@@ -172,6 +172,7 @@ def train_one(cfg: LMConfig, data: LMData, method: str, rate: float, seed: int, 
     step = 0
     for epoch in range(1, cfg.epochs + 1):
         model.train()
+        epoch_start = len(losses)
         state = None
         windows = bptt_windows(train, cfg.bptt)
         bar = tqdm(windows, total=steps_per_epoch, desc=f"{method} r{rate} s{seed} ep{epoch}", leave=False, disable=not progress, mininterval=2)
@@ -189,6 +190,7 @@ def train_one(cfg: LMConfig, data: LMData, method: str, rate: float, seed: int, 
                 losses.append(float(loss.detach()))
                 step += 1
         train_s.append(t.seconds)
+        valid = None
         if epoch >= first_epoch:
             with Timer() as t:
                 valid = perplexity(model, valid_columns, cfg.bptt)
@@ -196,6 +198,8 @@ def train_one(cfg: LMConfig, data: LMData, method: str, rate: float, seed: int, 
             test = perplexity(model, test_columns, cfg.bptt)
             if valid < best[0]:
                 best = (valid, test, epoch)
+        if not progress:
+            log_epoch(f"{method} r{rate} s{seed}", epoch, cfg.epochs, losses[epoch_start:], train_s[-1], "perplexity", valid)
     check_schedule_finished(schedule)
     return run_record("lm", "perplexity", cfg, method, rate, seed, best, losses, model, build, train_s, infer_s)
 

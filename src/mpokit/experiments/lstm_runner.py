@@ -133,12 +133,11 @@ def run_experiment(
         row = train_one(replace(config, lr=lr, lr_grid=()), data, method, rate, seed, progress, device)
         rows.append(row)
         write_runs(rows, csv_path)
-        if progress:
-            tqdm.write(
-                f"[{task}] {method:8s} rate {rate:>4} seed {seed} lr {lr:g}: {metric[0]} valid {row['metric_valid']:.3f} "
-                f"test {row['metric_test']:.3f} | {row['lstm_weights']:,} LSTM weights | "
-                f"{row['train_s_per_epoch']:.1f} s/epoch train"
-            )
+        tqdm.write(  # with or without bars: one line per finished run
+            f"[{task}] {method:8s} rate {rate:>4} seed {seed} lr {lr:g}: {metric[0]} valid {row['metric_valid']:.3f} "
+            f"test {row['metric_test']:.3f} | {row['lstm_weights']:,} LSTM weights | "
+            f"{row['train_s_per_epoch']:.1f} s/epoch train"
+        )
     write_runs(rows, csv_path)
     header = [
         f"- preset `{config.preset}`; written {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}; "
