@@ -383,6 +383,7 @@ def test_learning_rate_selection_uses_validation_only():
     assert chosen_low[("mpo", 10.0)] == 1e-3
     table = learning_rate_table(rows, "validation accuracy", True)
     assert "| MPO-LSTM | 10 | 70.00 ± 0.00 | **71.00 ± 1.41** |" in table
+    assert "| pruning-LSTM | 10 | **65.00 (1 seed)** | 65.00 (1 seed) |" in table  # one seed: no std shown
 
 
 def test_learning_rate_grid_runs_each_rate_and_resumes(tmp_path):

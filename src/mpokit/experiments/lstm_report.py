@@ -132,6 +132,8 @@ def _fmt(stat, digits: int) -> str:
     mean, std, n = stat
     if n == 0:
         return "–"
+    if n == 1:  # no spread to show from one seed
+        return f"{mean:.{digits}f} (1 seed)"
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
