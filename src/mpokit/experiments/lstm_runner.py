@@ -158,7 +158,7 @@ def check_device(device: str) -> str:
     if dev.type == "cpu":
         return "cpu"
     if dev.type != "cuda":
-        raise ValueError(f"device {device!r} is not supported by the LSTM experiments; use 'cpu' or 'cuda'")
+        raise ValueError(f"device {device!r} is not supported by the experiments; use 'cpu' or 'cuda'")
     if not torch.cuda.is_available():
         raise ValueError(f"device {device!r} asked for, but torch {torch.__version__} sees no CUDA device; use --device cpu")
     index = dev.index if dev.index is not None else torch.cuda.current_device()

