@@ -252,16 +252,12 @@ def _row(step, cuts: Sequence[Cut], params, dense_total, step_bound, modules, tr
 
 
 def _snapshot(model, modules) -> tuple:
-    """What a rolled-back cut restores: the state dict, the error bounds, the RNG state."""
-    return (
-        {k: v.detach().clone() for k, v in model.state_dict().items()},
-        {n: m.error_bound for n, m in modules.items()},
-        torch.get_rng_state(),
-    )
+    """What a rolled-back cut restores: the state dict and the error bounds."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}, {n: m.error_bound for n, m in modules.items()}
 
 
 def _restore(model, modules, snapshot) -> None:
-    state, bounds, _ = snapshot
+    state, bounds = snapshot
     model.load_state_dict(state)
     for n, b in bounds.items():
         modules[n].error_bound = b
