@@ -36,3 +36,40 @@ def test_frontier_refuses_an_unknown_device(tmp_path):
     with pytest.raises(ValueError, match="unknown device 'tpu0'"):
         main(["--out", str(tmp_path), "--device", "tpu0"])
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def _write_run(folder, seed, points):
+    (folder / f"seed{seed}").mkdir(parents=True)
+    (folder / f"seed{seed}" / "results.json").write_text(json.dumps(
+        {"seed": seed, "dense_matrix_params": 1000, "points": points}))
+
+
+def _point(method, budget, accuracy, params=500, ft_steps=4):
+    return {"method": method, "budget": budget, "params": params, "accuracy": accuracy, "loss": 0.5, "ft_steps": ft_steps}
+
+
+def test_combine_merges_runs_per_seed_and_refuses_a_point_from_two_runs(tmp_path):
+    from mpokit.experiments.squeeze_frontier import main
+
+    full = _point("full_ft", 1.0, 0.8, params=1000, ft_steps=0)
+    for seed, (acc_sq, acc_pr) in enumerate([(0.70, 0.76), (0.72, 0.78)]):
+        _write_run(tmp_path / "squeeze", seed, [full, _point("squeeze", 0.5, acc_sq, ft_steps=384)])
+        _write_run(tmp_path / "prune", seed, [full, _point("prune", 0.5, acc_pr, ft_steps=384)])
+    out = tmp_path / "all"
+    assert main(["--combine", str(tmp_path / "squeeze"), str(tmp_path / "prune"), "--out", str(out)]) == 0
+    merged = json.loads((out / "seed1" / "results.json").read_text())
+    assert sorted(p["method"] for p in merged["points"]) == ["full_ft", "prune", "squeeze"]
+    rows = {(r["method"], r["budget"]): r for r in json.loads((out / "summary.json").read_text())}
+    assert rows[("squeeze", 0.5)]["acc_mean"] == pytest.approx(71.0)
+    assert rows[("prune", 0.5)]["acc_mean"] == pytest.approx(77.0)
+    assert rows[("prune", 0.5)]["n_seeds"] == 2 and rows[("full_ft", 1.0)]["n_seeds"] == 2
+    assert (out / "frontier.png").stat().st_size > 0
+
+    # the same (method, budget) from two runs is ambiguous: refused, nothing written
+    _write_run(tmp_path / "prune_again", 0, [_point("prune", 0.5, 0.70)])
+    out2 = tmp_path / "all2"
+    with pytest.raises(ValueError, match=r"\('prune', 0.5\) in two runs"):
+        main(["--combine", str(tmp_path / "prune"), str(tmp_path / "prune_again"), "--out", str(out2)])
+    assert not out2.exists()
+    with pytest.raises(FileNotFoundError, match="no seed"):
+        main(["--combine", str(tmp_path / "missing"), "--out", str(out2)])

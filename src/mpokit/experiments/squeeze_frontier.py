@@ -17,7 +17,9 @@ Trainable during compression fine-tuning, for every method: biases, LayerNorms, 
 compressed matrices (MPO: auxiliary cores only, central cores frozen); word/position embeddings frozen.
 
 Run: ``python -m mpokit.experiments.squeeze_frontier --seeds 0 1 2 --out runs/squeeze_frontier``;
-``--aggregate`` writes ``summary.md`` / ``summary.json`` / ``frontier.png`` from the per-seed files.
+``--aggregate`` writes ``summary.md`` / ``summary.json`` / ``frontier.png`` from the per-seed files;
+``--combine DIR [DIR ...] --out OUT`` merges the per-seed files of several runs (e.g. one folder per
+method, run in parallel) into ``OUT`` and aggregates them there.
 Results are written after every point, and finished points are skipped on restart.
 """
 
@@ -193,6 +195,37 @@ def run_seed(args, seed: int) -> None:
             del mm
 
 
+def combine(sources: list[Path], out: Path) -> None:
+    """Merge ``seed*/results.json`` of several runs into ``out/seed*/results.json`` (then :func:`aggregate`).
+
+    A (method, budget) point of one seed must come from one run only, except the dense ``full_ft``
+    point, which every run of a seed shares when they started from the same fine-tuned dense model
+    (its accuracy must then agree).
+    """
+    merged: dict[str, dict] = {}
+    for src in sources:
+        files = sorted(Path(src).glob("seed*/results.json"))
+        if not files:
+            raise FileNotFoundError(f"--combine: no seed*/results.json under '{src}'; pass the --out folder of a "
+                                    f"finished run, e.g. runs/sq32/direct")
+        for f in files:
+            run = json.loads(f.read_text())
+            into = merged.setdefault(f.parent.name, {k: v for k, v in run.items() if k != "points"} | {"points": []})
+            have = {(p["method"], p["budget"]): p for p in into["points"]}
+            for point in run["points"]:
+                key = (point["method"], point["budget"])
+                if key not in have:
+                    into["points"].append(point)
+                    have[key] = point
+                elif point["method"] != "full_ft" or point["accuracy"] != have[key]["accuracy"]:
+                    raise ValueError(f"--combine: {f.parent.name} has the point {key} in two runs ('{src}' and an "
+                                     f"earlier folder); each (method, budget) must come from one run")
+    for seed_dir, run in merged.items():
+        (out / seed_dir).mkdir(parents=True, exist_ok=True)
+        _atomic_json(out / seed_dir / "results.json", run)
+    aggregate(out)
+
+
 def aggregate(out: Path) -> None:
     """summary.json / summary.md / frontier.png over all seed folders."""
     import statistics
@@ -301,11 +334,16 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda / cuda:N")
     p.add_argument("--model", default=None, help="model folder (default: the installed all-MiniLM-L6-v2 package)")
     p.add_argument("--aggregate", action="store_true", help="only aggregate existing results")
+    p.add_argument("--combine", nargs="+", type=Path, metavar="DIR",
+                   help="merge the per-seed results of these runs into --out and aggregate them (no training)")
     p.add_argument("--weight-errors", action="store_true", help="only print the relative weight errors table")
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.weight_errors:
         print(weight_errors())
+        return 0
+    if args.combine:
+        combine(args.combine, Path(args.out))
         return 0
     if args.aggregate:
         aggregate(Path(args.out))
