@@ -127,10 +127,11 @@ def run_seed(args, seed: int) -> None:
         for p in model.parameters():
             p.requires_grad_(True)
         finetune(model, train, args.dense_steps, lr=args.dense_lr)
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
-        save_file({k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}, str(dense_file) + ".tmp")
-        os.replace(str(dense_file) + ".tmp", dense_file)
+        from mpokit.io import atomic_write_bytes
+
+        atomic_write_bytes(dense_file, save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}))
         results["dense_ft_seconds"] = time.time() - t0
     targets = _targets(model)
     dense_params = sum(model.get_submodule(t).weight.numel() for t in targets)
@@ -217,9 +218,13 @@ def combine(sources: list[Path], out: Path) -> None:
                 if key not in have:
                     into["points"].append(point)
                     have[key] = point
-                elif point["method"] != "full_ft" or point["accuracy"] != have[key]["accuracy"]:
+                elif point["method"] != "full_ft":
                     raise ValueError(f"--combine: {f.parent.name} has the point {key} in two runs ('{src}' and an "
                                      f"earlier folder); each (method, budget) must come from one run")
+                elif point["accuracy"] != have[key]["accuracy"]:
+                    raise ValueError(f"--combine: {f.parent.name} of '{src}' started from another fine-tuned dense model "
+                                     f"(full_ft accuracy {point['accuracy']} vs {have[key]['accuracy']}); combine runs "
+                                     f"that share seedS/dense_ft.safetensors")
     for seed_dir, run in merged.items():
         (out / seed_dir).mkdir(parents=True, exist_ok=True)
         _atomic_json(out / seed_dir / "results.json", run)
