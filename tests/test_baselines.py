@@ -8,7 +8,7 @@ from torch import nn
 
 from mpokit.baselines.lowrank import LowRankLinear, allocate_ranks, lowrank_
 from mpokit.baselines.pruning import global_magnitude_masks, kept_params, magnitude_prune_, make_pruning_permanent_
-from mpokit.squeeze import finetune
+from mpokit.squeezing import finetune
 
 torch.set_num_threads(1)
 

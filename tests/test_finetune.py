@@ -9,7 +9,7 @@ import torch
 
 from _plm_models import tiny_inputs
 from mpokit.config import MPOConfig
-from mpokit.finetune import (
+from mpokit.finetuning import (
     LORA_TARGETS_BERT,
     build_model,
     build_optimizer,
@@ -119,7 +119,7 @@ def test_compress_once_then_init_from_equals_compressing_in_process(tiny_folder,
 
 def test_init_from_rejects_bad_combinations(tiny_folder, tmp_path):
     from mpokit.io import CheckpointError
-    from mpokit.finetune import FinetuneConfig
+    from mpokit.finetuning import FinetuneConfig
 
     with pytest.raises(ValueError, match="init_from applies to method='mpo-lfa' only"):
         FinetuneConfig(method="full", init_from=str(tmp_path))
@@ -230,7 +230,7 @@ def test_real_minilm_lfa_short_run(tmp_path):
 def test_reinit_head_redraws_a_classifier_and_leaves_a_tied_lm_head_alone():
     import transformers as T
 
-    from mpokit.finetune import reinit_head
+    from mpokit.finetuning import reinit_head
 
     torch.manual_seed(0)
     cls = T.BertForSequenceClassification(T.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,

@@ -13,7 +13,7 @@ from mpokit import shapes
 from mpokit.layers import MPOModule
 from mpokit.layers.linear import MPOLinear
 from mpokit.mpo import interleave
-from mpokit.squeeze import (
+from mpokit.squeezing import (
     MatrixSpectrum,
     central_bonds,
     find_mpo_modules,
@@ -230,7 +230,9 @@ def test_resume_from_checkpoint_equals_uninterrupted(tmp_path):
 
     with pytest.raises(_Interrupt):
         squeeze(model_b, checkpoint_dir=tmp_path / "b", loss_fn=flaky_loss, **kw)
-    state = json.loads((tmp_path / "b" / "squeeze_state.json").read_text())
+    from mpokit.training import read_training_state
+
+    state = read_training_state(tmp_path / "b")
     assert state["step"] == 4
     model_c = _tiny_model(seed=123)  # different weights: everything must come from the checkpoint
     resumed = squeeze(model_c, checkpoint_dir=tmp_path / "b", **kw)
@@ -296,7 +298,7 @@ def test_bad_input_errors():
 @pytest.mark.parametrize("method", ["squeeze", "direct", "prune", "lowrank"])
 def test_compress_to_budget_on_tiny_bert(method):
     transformers = pytest.importorskip("transformers")
-    from mpokit.squeeze import compress_to_budget
+    from mpokit.squeezing import compress_to_budget
 
     cfg = transformers.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                                   intermediate_size=64, max_position_embeddings=16, num_labels=2)

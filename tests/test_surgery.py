@@ -8,7 +8,7 @@ from torch import nn
 
 from _plm_models import ARCHS, logits, tiny_inputs, tiny_model
 from mpokit.config import MPOConfig, MPOLayerConfig
-from mpokit.finetune import build_optimizer, param_groups
+from mpokit.training import build_optimizer, param_groups
 from mpokit.layers import MPOLinear, MPOModule
 from mpokit.surgery import (
     MPOTiedLinear,
@@ -45,7 +45,7 @@ def test_full_bond_outputs_equal_original(arch):
 
 @pytest.fixture(scope="module")
 def minilm():
-    from mpokit.finetune import build_model
+    from mpokit.finetuning import build_model
 
     model, tok, _ = build_model("full", seed=0)
     return model.eval(), tok

@@ -8,13 +8,14 @@ from .layers import MPOEmbedding, MPOLinear, MPOModule
 from .config import MPOConfig, MPOLayerConfig
 from .surgery import compress, mark_trainable, merge_and_unload, print_trainable_parameters
 from .io import from_pretrained, save_pretrained
-from .finetune import FinetuneConfig, build_optimizer, finetune
-from .squeeze import squeeze, truncate_directly
+from .training import build_optimizer, set_seed
+from .finetuning import FinetuneConfig, finetune
+from .squeezing import squeeze, truncate_directly
 from .bond_schedule import GradualBondTruncation, sync_optimizer
 
 __version__ = "0.1.0"
 
 __all__ = ["MPO", "GAUGES", "rebuild_matrix", "decompose_model", "MatrixReport", "factorize", "choose_modes", "full_bond_dims", "MPOLSTM", "MPOLinear", "MPOEmbedding", "MPOModule", "__version__",
            "MPOConfig", "MPOLayerConfig", "compress", "mark_trainable", "merge_and_unload", "print_trainable_parameters",
-           "save_pretrained", "from_pretrained", "build_optimizer", "finetune", "FinetuneConfig",
+           "save_pretrained", "from_pretrained", "build_optimizer", "set_seed", "finetune", "FinetuneConfig",
            "squeeze", "truncate_directly", "GradualBondTruncation", "sync_optimizer"]

@@ -3,14 +3,14 @@
 Runs on HF Accelerate: the same command on CPU, one GPU, or several processes
 with ``accelerate launch -m mpokit.cli finetune ...``. Writes ``report.json``,
 ``report.md``, the best model (``best/``) and a resume checkpoint (``last/``)
-to ``--out``. The logic lives in :func:`mpokit.finetune.finetune`.
+to ``--out``. The logic lives in :func:`mpokit.finetune`.
 """
 
 from __future__ import annotations
 
 import argparse
 
-METHOD_CHOICES = ("full", "mpo-lfa", "bitfit", "lora")  # mpokit.finetune.METHODS
+METHOD_CHOICES = ("full", "mpo-lfa", "bitfit", "lora")  # mpokit.finetuning.METHODS
 
 
 def _size(text: str) -> int | None:
@@ -58,7 +58,7 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..finetune import FinetuneConfig, finetune
+    from ..finetuning import FinetuneConfig, finetune
 
     config = FinetuneConfig(
         method=args.method, model_path=args.model, output_dir=args.out, epochs=args.epochs, lr=args.lr,

@@ -4,15 +4,15 @@ Methods: ``squeeze`` (MPOP Algorithm 2, dimension squeezing), ``direct`` (MPOP_d
 MPOs at once), ``prune`` (global magnitude pruning), ``lowrank`` (per-matrix truncated SVD); all
 but squeezing fine-tune ``--finetune-steps`` after compressing, squeezing after every cut. Data:
 Rotten Tomatoes (split by movie). Writes ``report.json`` (and for squeezing the step log as CSV/JSON,
-a PNG and resumable checkpoints) to ``--out``. The logic lives in :func:`mpokit.squeeze.compress_to_budget`.
+a PNG and resumable checkpoints) to ``--out``. The logic lives in :func:`mpokit.squeezing.compress_to_budget`.
 """
 
 from __future__ import annotations
 
 import argparse
 
-METHOD_CHOICES = ("squeeze", "direct", "prune", "lowrank")  # mpokit.squeeze.COMPRESSION_METHODS
-SCORE_CHOICES = ("bound", "relative", "per_param")  # mpokit.squeeze.SCORES
+METHOD_CHOICES = ("squeeze", "direct", "prune", "lowrank")  # mpokit.squeezing.COMPRESSION_METHODS
+SCORE_CHOICES = ("bound", "relative", "per_param")  # mpokit.squeezing.SCORES
 
 
 def _step(text: str) -> int | float:
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..io import atomic_write_text
-    from ..squeeze import compress_to_budget, evaluate, finetune
+    from ..squeezing import compress_to_budget, evaluate, finetune
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model, tokenizer, fine_tuned = _load(args)
-    from ..finetune import load_rotten_tomatoes_for
+    from ..finetuning import load_rotten_tomatoes_for
 
     data = load_rotten_tomatoes_for(tokenizer, max_length=args.max_length, batch_size=args.batch_size, eval_batch_size=64,
                                     train_size=args.train_size, validation_size=args.validation_size,

@@ -50,16 +50,16 @@ LABELS = {
 
 def lfa_trainable_count(param_ratio: float | None = None) -> int:
     """#Ft of MiniLM after ``compress(model, lfa_config(param_ratio))`` (the real compression)."""
-    from .. import finetune
+    from ..finetuning import build_model
 
-    model, _, _ = finetune.build_model("mpo-lfa", param_ratio=param_ratio)
+    model, _, _ = build_model("mpo-lfa", param_ratio=param_ratio)
     from ..surgery import count_parameters
 
     return count_parameters(model, trainable_only=True)
 
 
 def matched_lora_rank() -> tuple[int, int]:
-    from ..finetune import LORA_TARGETS_BERT, build_model, lora_rank_for_budget
+    from ..finetuning import LORA_TARGETS_BERT, build_model, lora_rank_for_budget
 
     budget = lfa_trainable_count()
     model, _, _ = build_model("full")

@@ -6,7 +6,7 @@ Per seed:
 1. full fine-tuning of the dense model (``--dense-steps``), test accuracy = the "full FT" reference;
 2. the compressed matrices are the 36 encoder matrices (Q, K, V, attention output, FFN in/out of the
    6 layers); budgets are fractions of their dense parameter count;
-3. ``squeeze``: exact MPO (n = 5) of the fine-tuned model, then :func:`mpokit.squeeze.squeeze` down
+3. ``squeeze``: exact MPO (n = 5) of the fine-tuned model, then :func:`mpokit.squeeze` down
    to the smallest budget; the test accuracy is taken the first time the parameters drop to each budget;
 4. ``direct`` (MPOP_dir, :func:`truncate_directly`), ``prune`` (global magnitude), ``lowrank``
    (per-matrix truncated SVD): one-shot compression of the fine-tuned model to each budget, then
@@ -90,8 +90,8 @@ def run_seed(args, seed: int) -> None:
 
     from mpokit.baselines.lowrank import lowrank_
     from mpokit.baselines.pruning import kept_params, magnitude_prune_
-    from mpokit.squeeze import encoder_mpo_config, evaluate, find_mpo_modules, finetune, squeeze, truncate_directly
-    from mpokit.squeeze.modules import set_lfa_trainable
+    from mpokit.squeezing import encoder_mpo_config, evaluate, find_mpo_modules, finetune, squeeze, truncate_directly
+    from mpokit.squeezing.modules import set_lfa_trainable
     from mpokit.surgery import compress, mark_trainable
     from mpokit.data.rotten_tomatoes import load_rotten_tomatoes
 
@@ -109,7 +109,7 @@ def run_seed(args, seed: int) -> None:
 
     rt = load_rotten_tomatoes(seed=0)
     tok, model = _load_model(seed, args.model)
-    model.to(args.device)  # batches follow the model (mpokit.squeeze.training)
+    model.to(args.device)  # batches follow the model (mpokit.training.train_steps)
     train = _batches(tok, rt.split("train").subsample(args.train_size, seed=seed), args.batch_size, args.max_length, seed)
     val = _batches(tok, rt.split("validation").subsample(args.val_size, seed=0), 64, args.max_length, None)
     test = _batches(tok, rt.split("test").subsample(args.test_size, seed=0), 64, args.max_length, None)

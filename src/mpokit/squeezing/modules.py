@@ -12,8 +12,7 @@ from .. import shapes
 from ..layers.base import MPOModule
 from .selection import MatrixSpectrum, central_bonds
 
-__all__ = ["find_mpo_modules", "spectra_of", "min_squeezable_params", "resolve_budget", "set_lfa_trainable",
-           "build_optimizer"]
+__all__ = ["find_mpo_modules", "spectra_of", "min_squeezable_params", "resolve_budget", "set_lfa_trainable"]
 
 
 
@@ -114,25 +113,3 @@ def set_lfa_trainable(modules: Mapping[str, MPOModule]) -> None:
             p.requires_grad_(False)
         for p in m.auxiliary_parameters():
             p.requires_grad_(True)
-
-
-def build_optimizer(
-    model: nn.Module, lr: float, mpo_lr: float | None = None, weight_decay: float = 0.0
-) -> torch.optim.Optimizer:
-    """AdamW over exactly the live trainable parameters.
-
-    Two groups: MPO cores (``mpo_lr``, default ``lr``) and everything else (``lr``),
-    decided by structure (parameters of MPOModule layers), not by names.
-    """
-    mpo_ids = {id(p) for m in model.modules() if isinstance(m, MPOModule) for p in m.cores}
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    if not trainable:
-        raise ValueError("the model has no trainable parameters; nothing to fine-tune (check requires_grad)")
-    mpo_params = [p for p in trainable if id(p) in mpo_ids]
-    other = [p for p in trainable if id(p) not in mpo_ids]
-    groups = []
-    if mpo_params:
-        groups.append({"params": mpo_params, "lr": lr if mpo_lr is None else mpo_lr})
-    if other:
-        groups.append({"params": other, "lr": lr})
-    return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)

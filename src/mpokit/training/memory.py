@@ -1,25 +1,13 @@
-"""Seeding and peak-memory measurement for a fine-tuning job."""
+"""Peak resident memory of a training or evaluation phase (and peak CUDA memory on a GPU)."""
 
 from __future__ import annotations
 
 import os
-import random
 import threading
 
 import torch
 
-__all__ = ["set_seed", "PeakMemory"]
-
-
-def set_seed(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)
-    try:
-        import numpy as np
-
-        np.random.seed(seed)
-    except ImportError:  # pragma: no cover
-        pass
+__all__ = ["PeakMemory"]
 
 
 class PeakMemory:

@@ -1,6 +1,6 @@
 """Lightweight fine-tuning (MPOP §4.1, "LFA") and the reusable training loop.
 
-Building blocks (usable on their own, e.g. by :mod:`mpokit.squeeze`):
+Building blocks (the optimizer, loop, seeding and state come from :mod:`mpokit.training`):
 
 * :func:`param_groups` / :func:`build_optimizer`: AdamW over the trainable
   parameters only (so optimizer state exists only for them); MPO cores get
@@ -26,10 +26,9 @@ Modules: :mod:`.optim` (groups, optimizer, schedule), :mod:`.loop` (train / eval
 
 from .job import finetune
 from .loaders import load_rotten_tomatoes_for
-from .loop import evaluate, train_steps
+from ..training import PeakMemory, build_optimizer, param_groups, set_seed, train_steps
+from .loop import evaluate
 from .models import LORA_TARGETS_BERT, METHODS, bitfit_config, build_model, lfa_config, lora_rank_for_budget, reinit_head
-from .monitor import PeakMemory, set_seed
-from .optim import build_optimizer, param_groups
 from .settings import FinetuneConfig, config_from_dict
 
 __all__ = [

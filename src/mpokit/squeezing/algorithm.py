@@ -12,11 +12,12 @@ import torch
 from torch import nn
 
 from ..layers.base import MPOModule
-from .checkpoint import load_model, load_state, save_state, set_rng_state
+from ..training import build_optimizer, default_loss
+from .checkpoint import load_state, restore_model, save_state
 from .log import plot_squeeze_log, write_log
-from .modules import build_optimizer, find_mpo_modules, resolve_budget, set_lfa_trainable, spectra_of
+from .modules import find_mpo_modules, resolve_budget, set_lfa_trainable, spectra_of
 from .selection import Cut, check_score, check_step_size, select_cuts
-from .training import check_training_settings, default_loss, evaluate, run_steps
+from .training import check_training_settings, evaluate, run_steps
 
 __all__ = ["SqueezeResult", "squeeze"]
 
@@ -269,11 +270,10 @@ def _resume(ckpt: Path, settings: dict, model, modules) -> _Progress | None:
     state = load_state(ckpt, settings)
     if state is None:
         return None
-    load_model(model, ckpt / state["model_file"])
+    restore_model(ckpt, model)
     for name, b in state["error_bounds"].items():
         modules[name].error_bound = b
     set_lfa_trainable(modules)
-    set_rng_state(state["rng"])
     return _Progress(
         rows=state["rows"], step=state["step"], pos=state["batch_pos"], p0=state["initial"],
         stop_reason=state.get("stop_reason"), ft_total=state["finetune_steps_total"], resumed_from=state["step"],

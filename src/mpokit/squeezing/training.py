@@ -8,19 +8,9 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-from .modules import build_optimizer
+from ..training import build_optimizer, check_rates, default_loss, to_device, train_steps
 
-__all__ = ["default_loss", "evaluate", "finetune", "run_steps", "check_training_settings"]
-
-def _to_device(batch, device):
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device)
-    if isinstance(batch, Mapping):
-        return {k: _to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, (tuple, list)):
-        return type(batch)(_to_device(v, device) for v in batch)
-    return batch
-
+__all__ = ["evaluate", "finetune", "run_steps", "check_training_settings"]
 
 def _forward(model: nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(loss, logits, labels)`` for a dict batch with ``labels`` (HF) or an ``(x, y)`` tuple."""
@@ -37,11 +27,6 @@ def _forward(model: nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor, torch
     return nn.functional.cross_entropy(logits, y), logits, y
 
 
-def default_loss(model: nn.Module, batch) -> torch.Tensor:
-    """Task loss of one batch (HF ``out.loss``, or cross-entropy for ``(x, y)``)."""
-    return _forward(model, batch)[0]
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Sequence) -> dict[str, float]:
     """Mean loss (per example) and accuracy over ``batches``, in eval mode."""
@@ -50,7 +35,7 @@ def evaluate(model: nn.Module, batches: Sequence) -> dict[str, float]:
     device = next(model.parameters()).device
     total, loss_sum, correct = 0, 0.0, 0
     for batch in batches:
-        batch = _to_device(batch, device)
+        batch = to_device(batch, device)
         loss, logits, labels = _forward(model, batch)
         n = int(labels.shape[0])
         total += n
@@ -63,26 +48,14 @@ def evaluate(model: nn.Module, batches: Sequence) -> dict[str, float]:
 
 
 def run_steps(model, optimizer, train_batches, start: int, steps: int, loss_fn, max_grad_norm) -> tuple[int, float]:
-    """``steps`` optimizer steps on batches ``start, start+1, ...`` (cyclic). Returns (next position, mean loss)."""
+    """``steps`` optimizer steps of :func:`mpokit.training.train_steps` on batches ``start, start+1, ...``
+    (cyclic). Returns (next position, mean loss); the model is left in eval mode."""
     if steps == 0:
         return start, float("nan")
-    device = next(model.parameters()).device
-    model.train()
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    losses = []
-    pos = start
-    for _ in range(steps):
-        batch = _to_device(train_batches[pos % len(train_batches)], device)
-        pos += 1
-        loss = loss_fn(model, batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-        optimizer.step()
-        losses.append(float(loss.detach()))
+    cyclic = (train_batches[i % len(train_batches)] for i in range(start, start + steps))
+    result = train_steps(model, cyclic, optimizer, max_grad_norm=max_grad_norm, loss_fn=loss_fn)
     model.eval()
-    return pos, sum(losses) / len(losses)
+    return start + steps, result["loss"]
 
 
 def finetune(
@@ -109,14 +82,12 @@ def finetune(
 
 
 def check_training_settings(delta, max_steps, finetune_steps, lr, mpo_lr, monitor) -> None:
-    """Checks the settings shared by :func:`finetune` and :func:`~mpokit.squeeze.squeeze`; a ValueError names the bad one."""
+    """Checks the settings shared by :func:`finetune` and :func:`~mpokit.squeeze`; a ValueError names the bad one."""
     if delta is not None and (isinstance(delta, bool) or not isinstance(delta, (int, float)) or delta < 0 or math.isnan(delta)):
         raise ValueError(f"delta must be a number >= 0 (allowed |p - p~| change of the monitored metric), got {delta!r}; e.g. delta=0.05")
     for name, v in (("max_steps", max_steps), ("finetune_steps", finetune_steps)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise ValueError(f"{name} must be an int >= 0, got {v!r}; e.g. {name}=10")
-    for name, v in (("lr", lr), ("mpo_lr", mpo_lr)):
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0):
-            raise ValueError(f"{name} must be a number > 0, got {v!r}; e.g. {name}=2e-5")
+    check_rates(lr, mpo_lr)
     if monitor not in ("loss", "accuracy"):
         raise ValueError(f"monitor must be 'loss' or 'accuracy', got {monitor!r}; e.g. monitor='loss'")

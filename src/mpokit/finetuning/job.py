@@ -14,13 +14,13 @@ import torch
 
 from ..surgery import count_parameters
 from .loaders import load_rotten_tomatoes_for
-from .loop import evaluate, train_steps
+from ..training import (PeakMemory, build_optimizer, linear_warmup_decay, load_training_state, save_training_state,
+                        set_seed, train_steps)
+from .loop import evaluate
 from .models import build_model
-from .monitor import PeakMemory, set_seed
-from .optim import build_optimizer, linear_warmup_decay
 from .report import build_report, markdown
 from .settings import FinetuneConfig
-from .state import load_best, load_training_state, save_model, save_training_state
+from .state import load_best, save_model
 
 __all__ = ["finetune"]
 
@@ -68,13 +68,9 @@ def finetune(config: FinetuneConfig | None = None, **overrides) -> dict[str, Any
     history: list[dict] = []
     start_epoch, best = 0, {"accuracy": -1.0, "epoch": None}
     if resuming:
-        state = load_training_state(resume_dir, accelerator.unwrap_model(model), optimizer, scheduler)
+        state = load_training_state(resume_dir, accelerator.unwrap_model(model), optimizer=optimizer,
+                                    scheduler=scheduler, generators={"shuffle": data["shuffle_generator"]})
         start_epoch, best, history = state["epoch"] + 1, state["best"], state["history"]
-        for epoch in range(start_epoch):  # replay the finished epochs' shuffles (no compute): same order as unbroken
-            if hasattr(train_dl, "set_epoch"):
-                train_dl.set_epoch(epoch)
-            for _ in train_dl:
-                pass
         accelerator.print(f"resumed from {out / 'last'} after epoch {state['epoch'] + 1}")
 
     subset_note = (f"subset: train {data['sizes']['train']} of {data['full_sizes']['train']} sentences, "
@@ -106,8 +102,9 @@ def finetune(config: FinetuneConfig | None = None, **overrides) -> dict[str, Any
                 save_model(accelerator.unwrap_model(model), out / "best", tokenizer)
         accelerator.wait_for_everyone()
         if config.save_last and accelerator.is_main_process:
-            save_training_state(out / "last", accelerator.unwrap_model(model), optimizer, scheduler,
-                                 {"epoch": epoch, "best": best, "history": history, "config": asdict(config)})
+            save_training_state(out / "last", accelerator.unwrap_model(model), optimizer=optimizer, scheduler=scheduler,
+                                generators={"shuffle": data["shuffle_generator"]},
+                                state={"epoch": epoch, "best": best, "history": history, "config": asdict(config)})
         accelerator.wait_for_everyone()
 
     if config.save_best and (out / "best").exists() and best["epoch"] is not None:

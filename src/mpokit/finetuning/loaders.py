@@ -76,4 +76,6 @@ def load_rotten_tomatoes_for(
             collate_fn=_collate(tokenizer.pad_token_id or 0),
         )
         loaders["sizes"][split] = len(dataset)
+        if gen is not None:
+            loaders["shuffle_generator"] = gen
     return loaders

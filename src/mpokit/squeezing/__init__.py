@@ -30,7 +30,7 @@ from .algorithm import SqueezeResult, squeeze
 from .budget import COMPRESSION_METHODS, compress_to_budget, encoder_mpo_config
 from .direct import DirectResult, truncate_directly
 from .log import plot_squeeze_log
-from .modules import build_optimizer, find_mpo_modules, min_squeezable_params, resolve_budget, spectra_of
+from .modules import find_mpo_modules, min_squeezable_params, resolve_budget, spectra_of
 from .selection import SCORES, Cut, MatrixSpectrum, allocate_direct, central_bonds, propose_cut, select_cuts
 from .training import evaluate, finetune
 
@@ -50,7 +50,6 @@ __all__ = [
     "min_squeezable_params",
     "squeeze",
     "truncate_directly",
-    "build_optimizer",
     "finetune",
     "evaluate",
     "plot_squeeze_log",
