@@ -47,7 +47,6 @@ __all__ = [
     "rebuild",
     "merge_groups",
     "sweep",
-    "plan_contraction",
     "contraction_flops",
     "rebuild_flops",
     "dense_flops",
@@ -55,8 +54,6 @@ __all__ = [
     "choose_path",
     "mpo_apply",
     "PATHS",
-    "apply_rebuild",
-    "rebuild_elements",
 ]
 
 PATHS = ("rebuild", "contract")
@@ -292,19 +289,6 @@ def plan_apply(
     return min(fitting, key=lambda p: (p.estimated_cost(merged_cached), p.flops, p.groups, p.order))
 
 
-def plan_contraction(
-    out_modes: Sequence[int], in_modes: Sequence[int], bond_dims: Sequence[int], tokens: int
-) -> ContractionPlan:
-    """The core-by-core sweep (no merging) with the fewest FLOPs, ties broken by peak memory."""
-    return _sweep_cached(tuple(out_modes), tuple(in_modes), tuple(bond_dims), int(tokens))
-
-
-@lru_cache(maxsize=4096)
-def _sweep_cached(out_modes, in_modes, bond_dims, tokens) -> ContractionPlan:
-    plans = [order_cost(out_modes, in_modes, bond_dims, tokens, o) for o in _orders(len(out_modes))]
-    return min(plans, key=lambda p: (p.flops, p.peak_elements, p.order))
-
-
 def contraction_flops(out_modes: Sequence[int], in_modes: Sequence[int], bond_dims: Sequence[int], tokens: int) -> int:
     """FLOPs (merging included) of the contraction :func:`mpo_apply` runs by default for ``tokens`` rows."""
     return plan_apply(out_modes, in_modes, bond_dims, tokens, contract_only=True, memory_slack=TRAINING_MEMORY_SLACK).flops
@@ -313,11 +297,6 @@ def contraction_flops(out_modes: Sequence[int], in_modes: Sequence[int], bond_di
 def rebuild_flops(out_modes: Sequence[int], in_modes: Sequence[int], bond_dims: Sequence[int]) -> int:
     """FLOPs of :func:`mpokit.rebuild_matrix` (left to right: step k makes ``(I_<=k, J_<=k, d_k)`` summing ``d_{k-1}``)."""
     return _merge_cost(out_modes, in_modes, _dims(bond_dims), 0, len(out_modes))[0]
-
-
-def rebuild_elements(out_modes: Sequence[int], in_modes: Sequence[int], bond_dims: Sequence[int]) -> int:
-    """Elements of all intermediates of :func:`mpokit.rebuild_matrix`, including ``W``."""
-    return _merge_cost(out_modes, in_modes, _dims(bond_dims), 0, len(out_modes))[1] or math.prod(out_modes) * math.prod(in_modes)
 
 
 def dense_flops(out_features: int, in_features: int, tokens: int) -> int:
@@ -540,7 +519,3 @@ def mpo_apply(
     merged = merge_groups(cores, groups)
     return sweep(x.reshape(tokens, J), merged, order).reshape(*lead, -1)
 
-
-def apply_rebuild(x: torch.Tensor, cores: Sequence[torch.Tensor]) -> torch.Tensor:
-    """``x W^T`` by rebuilding ``W (I_padded, J_padded)`` first; x ``(..., J_padded)`` -> ``(..., I_padded)``."""
-    return torch.nn.functional.linear(x, rebuild(cores))

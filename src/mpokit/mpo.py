@@ -27,7 +27,7 @@ import torch
 
 from . import shapes
 
-__all__ = ["MPO", "GAUGES", "rebuild_matrix", "interleave", "deinterleave"]
+__all__ = ["MPO", "GAUGES", "rebuild_matrix", "interleave"]
 
 GAUGES = ("symmetric", "center", "right")
 
@@ -43,14 +43,6 @@ def interleave(matrix: torch.Tensor, out_modes: Sequence[int], in_modes: Sequenc
     t = matrix.reshape(*out_modes, *in_modes)
     order = [ax for k in range(n) for ax in (k, n + k)]
     return t.permute(order)
-
-
-def deinterleave(tensor: torch.Tensor, out_modes: Sequence[int], in_modes: Sequence[int]) -> torch.Tensor:
-    """(i_1, j_1, ..., i_n, j_n) -> (I, J)."""
-    n = len(out_modes)
-    t = tensor.reshape([m for pair in zip(out_modes, in_modes) for m in pair])
-    order = [2 * k for k in range(n)] + [2 * k + 1 for k in range(n)]
-    return t.permute(order).reshape(math.prod(out_modes), math.prod(in_modes))
 
 
 def rebuild_matrix(cores: Sequence[torch.Tensor]) -> torch.Tensor:
