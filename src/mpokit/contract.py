@@ -13,7 +13,7 @@ Two ways to compute ``y``:
   takes the next core from the left end, ``"R"`` the next from the right end.
   ``"LLLLL"`` is the left-to-right sweep, ``"RRRRR"`` right-to-left, and mixed
   orders meet somewhere in between (the state then carries two open bonds).
-  All ``2^(n-1)`` distinct orders are enumerated and the cheapest is used.
+  :func:`order_cost` prices any order; plans use the two pure sweeps (below).
 
 Grouping. Sweeping over many small cores runs tiny, memory-bound matmuls.
 A *plan* therefore first merges runs of adjacent cores into bigger cores
@@ -121,11 +121,6 @@ def order_cost(
         else:
             b += 1
     return ContractionPlan(order, flops, peak, saved, moved)
-
-
-def _orders(n: int) -> list[str]:
-    # The last letter never matters (one core left); fix it to "L".
-    return ["".join(p) + "L" for p in itertools.product("LR", repeat=n - 1)] if n > 1 else ["L"]
 
 
 def _pure_orders(n: int) -> list[str]:
