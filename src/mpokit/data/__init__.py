@@ -17,3 +17,11 @@ __all__ = [
     "tokenize_words",
     "encode_padded",
 ]
+
+# User data for tasks (files, named data sets, checked splits); `datasets` is imported lazily.
+from .registry import NamedDataset, dataset_names, get_dataset, register_dataset
+from .sources import SUPPORTED_EXTENSIONS, DataError
+from .task_data import TaskData, load_data
+
+__all__ += ["DataError", "SUPPORTED_EXTENSIONS", "TaskData", "load_data", "NamedDataset", "register_dataset",
+            "get_dataset", "dataset_names"]
