@@ -12,6 +12,7 @@
   the new manifest is in place) or the new one. Blobs no manifest names are stray leftovers of an
   interrupted save; the next commit removes them. :func:`read_file_set` verifies size and hash of every
   blob before returning anything.
+* :func:`check_output_dir`: refuse an output folder that a file is in the way of, before any work.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 __all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_with", "commit_file_set", "read_file_set",
-           "FileSetError"]
+           "FileSetError", "check_output_dir"]
 
 
 class FileSetError(ValueError):
@@ -150,3 +151,18 @@ def read_file_set(directory: str | os.PathLike, manifest_name: str) -> tuple[dic
             raise FileSetError(f"{blob} is corrupt or was replaced: its size or SHA-256 does not match {path}")
         out[role] = data
     return manifest, out
+
+
+def check_output_dir(path: str | os.PathLike, option: str = "--out") -> Path:
+    """``path`` as a Path when it is an existing folder or can become one; a ValueError before any work when a
+    file is in the way (``path`` itself or a parent). Creates nothing."""
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                where = "is a file" if p == path else f"lies under the file {str(p)!r}"
+                raise ValueError(f"{option} {str(path)!r} {where}, not a folder; give a folder, e.g. {option} runs/my_run")
+            if not os.access(p, os.W_OK | os.X_OK):
+                raise ValueError(f"{option} {str(path)!r}: cannot write in {str(p)!r} (permission denied)")
+            break
+    return path

@@ -1,30 +1,37 @@
-"""all-MiniLM-L6-v2 (or any BERT-like folder) prepared for one fine-tuning method: full, MPO + LFA, BitFit, LoRA."""
+"""A model prepared for one fine-tuning method: full, MPO + LFA, BitFit, LoRA; for any task and architecture.
+
+* ``full``: every parameter trains.
+* ``mpo-lfa``: MPOP's lightweight fine-tuning. The targeted matrices (the architecture's defaults, or
+  the all-linear fallback of :mod:`mpokit.surgery` for other architectures) become MPOs, central cores
+  frozen; a model that already holds MPO layers (an mpokit checkpoint) is not compressed again.
+* ``bitfit``: only biases, norms and the task head train.
+* ``lora``: peft's LoRA on the Linear targets that the same target resolution picks.
+"""
 
 from __future__ import annotations
 
-import os
 import time
-from typing import Any, Iterable
+from typing import Any
 
-import torch
 from torch import nn
 
 from ..config import MPOConfig, MPOLayerConfig
-from ..surgery import compress, mark_trainable, parameter_roles
+from ..surgery import compress, mark_trainable, mpo_modules, parameter_roles
 
-__all__ = ["METHODS", "LORA_TARGETS_BERT", "lfa_config", "bitfit_config", "lora_rank_for_budget", "build_model",
+__all__ = ["METHODS", "lfa_config", "bitfit_config", "lora_rank_for_budget", "lora_targets", "prepare_model",
            "reinit_head"]
 
 
 METHODS = ("full", "mpo-lfa", "bitfit", "lora")
+PEFT_TASK_TYPES = {"classify": "SEQ_CLS", "regress": "SEQ_CLS", "lm": "CAUSAL_LM"}
 
 
 def lfa_config(param_ratio: float | None = None, max_bond: int | None = None, n_cores: int = 5,
                compress_embedding: bool = True) -> MPOConfig:
-    """MPOP lightweight fine-tuning: word embedding, attention, FFN and pooler as MPOs, central cores frozen.
+    """MPOP lightweight fine-tuning: word embedding, attention, FFN and other matrices as MPOs, central cores frozen.
 
-    ``param_ratio`` / ``max_bond`` truncate the encoder matrices (attention, FFN,
-    pooler); the word embedding is always decomposed exactly (full bonds).
+    ``param_ratio`` / ``max_bond`` truncate the attention, FFN and other matrices; the word embedding is
+    always decomposed exactly (full bonds).
     """
     enc = MPOLayerConfig(param_ratio=param_ratio, max_bond=max_bond, n_cores=n_cores)
     return MPOConfig(
@@ -38,94 +45,68 @@ def bitfit_config() -> MPOConfig:
     return MPOConfig(trainable="none", train_embeddings=False, train_other=False)
 
 
-def lora_rank_for_budget(model: nn.Module, budget: int, target_suffixes: Iterable[str]) -> int:
-    """LoRA rank ``r`` whose trainable count (``r (in + out)`` per target Linear, plus the head) is closest to ``budget``."""
-    targets = [m for n, m in model.named_modules()
-               if isinstance(m, nn.Linear) and any(n == s or n.endswith("." + s) for s in target_suffixes)]
-    if not targets:
-        raise ValueError(f"no nn.Linear matches the LoRA targets {list(target_suffixes)}; e.g. ['query', 'value']")
-    per_rank = sum(m.in_features + m.out_features for m in targets)
+def lora_targets(model: nn.Module) -> list[str]:
+    """The Linear / Conv1D modules LoRA adapts: the ones :func:`mpokit.compress` would take by default
+    (registry or all-linear fallback), without embeddings and heads."""
+    from ..targets import linear_target_names
+
+    names = linear_target_names(model)
+    if not names:
+        raise ValueError(f"{type(model).__name__} has no Linear / Conv1D module to adapt with LoRA")
+    return names
+
+
+def lora_rank_for_budget(model: nn.Module, budget: int, targets: list[str] | None = None) -> int:
+    """LoRA rank ``r`` whose trainable count (``r (in + out)`` per target, plus the head) is closest to ``budget``."""
+    targets = lora_targets(model) if targets is None else list(targets)
+    per_rank = 0
+    for name in targets:
+        module = model.get_submodule(name)
+        weight = module.weight
+        per_rank += int(weight.shape[0] + weight.shape[1])
     roles = parameter_roles(model)
     head = sum(p.numel() for n, p in model.named_parameters() if roles[n] == "head")
     return max(1, round((budget - head) / per_rank))
 
 
-LORA_TARGETS_BERT = ("query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense")
-
-
-def build_model(method: str, model_path: str | None = None, *, num_labels: int = 2, seed: int = 0,
-                param_ratio: float | None = None, max_bond: int | None = None, lora_rank: int = 8,
-                lora_alpha: float | None = None, init_from: str | None = None):
-    """``(model, tokenizer, info)`` for ``method`` in :data:`METHODS`; ``info`` holds the compression report if any.
-
-    The classification head is initialised after ``torch.manual_seed(seed)``, so
-    every method starts from the same head for a given seed.
-
-    ``init_from`` (``method="mpo-lfa"`` only): a folder written by
-    :func:`mpokit.save_pretrained` (e.g. by ``mpokit finetune --compress-only``)
-    holding an already compressed model. It is loaded instead of compressing
-    again, and its head is re-initialised from ``seed`` exactly as a fresh
-    model's would be. Compressing once and fine-tuning many times keeps the
-    decomposition's LAPACK workspaces out of the fine-tuning process.
-    """
+def prepare_model(model: nn.Module, method: str, *, task: str, param_ratio: float | None = None,
+                  max_bond: int | None = None, lora_rank: int = 8, lora_alpha: float | None = None,
+                  mpo_config: MPOConfig | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """``(model, info)`` with ``model`` set up for ``method`` in :data:`METHODS`; ``info`` holds the compression
+    report (``report``, ``compress_seconds``) or the LoRA rank and targets."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}; e.g. method='mpo-lfa'")
-    if init_from is not None:
-        if method != "mpo-lfa":
-            raise ValueError(f"init_from applies to method='mpo-lfa' only, got method={method!r}")
-        return _load_compressed(init_from, seed)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    from ..pretrained import default_model_path
-
-    path = str(default_model_path() if model_path is None else model_path)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    torch.manual_seed(seed)
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the new head's "newly initialized" load report is expected
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
-    finally:
-        hf_logging.set_verbosity(verbosity)
-    info: dict[str, Any] = {"model_path": path}
+    info: dict[str, Any] = {}
+    has_mpo = bool(mpo_modules(model))
     if method == "full":
         for p in model.parameters():
             p.requires_grad_(True)
     elif method == "mpo-lfa":
-        t0 = time.perf_counter()
-        model, report = compress(model, lfa_config(param_ratio, max_bond), return_report=True)
-        info["compress_seconds"] = time.perf_counter() - t0
-        info["report"] = report
+        if has_mpo:
+            if param_ratio is not None or max_bond is not None:
+                raise ValueError("the model is already MPO-compressed (an mpokit checkpoint): drop --param-ratio / "
+                                 f"--max-bond (got param_ratio={param_ratio!r}, max_bond={max_bond!r})")
+            mark_trainable(model, getattr(model, "mpo_config", None) or lfa_config())
+            info["compress_seconds"] = 0.0
+        else:
+            t0 = time.perf_counter()
+            model, report = compress(model, mpo_config or lfa_config(param_ratio, max_bond), return_report=True)
+            info["compress_seconds"] = time.perf_counter() - t0
+            info["report"] = report
     elif method == "bitfit":
         mark_trainable(model, bitfit_config())
     else:  # lora
-        from peft import LoraConfig, TaskType, get_peft_model
+        from peft import LoraConfig, get_peft_model
 
-        cfg = LoraConfig(task_type=TaskType.SEQ_CLS, r=lora_rank, lora_alpha=lora_alpha or 2 * lora_rank,
-                         lora_dropout=0.0, target_modules=list(LORA_TARGETS_BERT), bias="none")
+        if has_mpo:
+            raise ValueError("LoRA adapts dense Linear layers; this model holds MPO layers. Use --method mpo-lfa, or "
+                             "merge it first (mpokit.merge_and_unload)")
+        targets = lora_targets(model)
+        cfg = LoraConfig(task_type=PEFT_TASK_TYPES[task], r=lora_rank, lora_alpha=lora_alpha or 2 * lora_rank,
+                         lora_dropout=0.0, target_modules=targets, bias="none")
         model = get_peft_model(model, cfg)
-        info["lora_rank"] = lora_rank
-    return model, tokenizer, info
-
-
-def _load_compressed(directory: str, seed: int):
-    """(model, tokenizer, info) from an mpokit checkpoint, with the head re-initialised from ``seed``."""
-    from transformers import AutoTokenizer
-
-    from ..io import CheckpointError, from_pretrained
-
-    model = from_pretrained(directory)
-    if getattr(model, "mpo_config", None) is None:
-        raise CheckpointError(f"{directory} holds no MPO model (no mpo_config); write one with --compress-only")
-    reinit_head(model, seed)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(directory))
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{directory} has no tokenizer files ({e}); save it with save_pretrained(..., tokenizer=)") from None
-    info: dict[str, Any] = {"model_path": str(directory), "init_from": str(directory), "compress_seconds": 0.0}
-    return model.train(), tokenizer, info
+        info.update(lora_rank=lora_rank, lora_targets=len(targets))
+    return model, info
 
 
 def reinit_head(model: nn.Module, seed: int) -> list[str]:
@@ -136,6 +117,8 @@ def reinit_head(model: nn.Module, seed: int) -> list[str]:
     Modules sharing a parameter with the base model (a head tied to the word
     embeddings) are skipped. Returns the names of the re-initialised modules.
     """
+    import torch
+
     base = getattr(model, "base_model", None)
     init = getattr(model, "_init_weights", None)
     if base is None or base is model or init is None:

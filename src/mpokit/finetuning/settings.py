@@ -1,21 +1,54 @@
-"""The options of a fine-tuning job, validated when built."""
+"""The options of a fine-tuning job, validated when built and again when the job starts."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+import math
+from dataclasses import asdict, dataclass, fields
 
+from ..inputs import DataSpec
+from ..training import check_rates
 from .models import METHODS
 
-__all__ = ["FinetuneConfig", "config_from_dict"]
+__all__ = ["FinetuneConfig", "config_from_dict", "RESUME_MAY_CHANGE"]
+
+# Options a resumed run may change: where it stops and how it shows progress. Everything else must match
+# the interrupted run (the optimizer state, the data order and the schedule were made with it).
+RESUME_MAY_CHANGE = ("epochs", "resume", "stop_after_epochs", "progress", "num_threads", "save_best", "save_last",
+                     "overwrite")
+_DATA_FIELDS = tuple(f.name for f in fields(DataSpec))
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 @dataclass
 class FinetuneConfig:
-    """Options of :func:`finetune` (and of ``mpokit finetune``)."""
+    """Options of :func:`mpokit.finetune` (and of ``mpokit finetune``).
+
+    ``model_path``: a transformers folder, an mpokit checkpoint folder or a ``.gguf`` file.
+    Data options (``data``, ``validation_data``, ..., ``split_seed``) are those of
+    :class:`mpokit.inputs.DataSpec`; ``task`` is inferred from the labels when None.
+    """
 
     method: str = "mpo-lfa"
     model_path: str | None = None
     output_dir: str = "runs/finetune"
+    data: str | None = None
+    validation_data: str | None = None
+    test_data: str | None = None
+    validation_split: float | None = None
+    test_split: float | None = None
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    label_column: str | None = "label"
+    task: str | None = None
+    max_length: int = 64
+    block_size: int | None = None
+    train_size: int | None = None
+    validation_size: int | None = None
+    test_size: int | None = None
+    split_seed: int = 0
     epochs: int = 1
     lr: float = 5e-5
     mpo_lr: float | None = None
@@ -23,47 +56,69 @@ class FinetuneConfig:
     warmup_ratio: float = 0.06
     batch_size: int = 32
     eval_batch_size: int = 64
-    max_length: int = 64
-    train_size: int | None = 2000
-    validation_size: int | None = None
-    test_size: int | None = None
     seed: int = 0
-    split_seed: int = 0
     param_ratio: float | None = None
     max_bond: int | None = None
     lora_rank: int = 8
-    init_from: str | None = None  # mpo-lfa: start from this compressed checkpoint (see build_model)
+    init_from: str | None = None  # mpo-lfa: start from this compressed checkpoint, head re-drawn from seed
     compress_only: bool = False  # mpo-lfa: compress, save to output_dir/compressed, and stop
-    max_grad_norm: float = 1.0
+    max_grad_norm: float | None = 1.0
     max_steps_per_epoch: int | None = None
+    eval_before: bool = False  # evaluate validation and test before training too
     resume: bool = False
     stop_after_epochs: int | None = None  # train at most this many epochs in this call (continue with resume=True)
     save_best: bool = True
     save_last: bool = True
+    overwrite: bool = False  # allow an output_dir that holds another run
     cpu: bool = False
     num_threads: int | None = None
     progress: bool = True
 
     def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise a ValueError naming the first bad option; called on construction and when the job starts."""
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}; e.g. method='mpo-lfa'")
-        for name in ("epochs", "batch_size", "eval_batch_size", "max_length", "lora_rank"):
+        if self.model_path is None and self.init_from is None:
+            raise ValueError("give model_path: a transformers model folder, an mpokit checkpoint folder or a .gguf "
+                             "file, e.g. model_path='runs/my_model'")
+        for name in ("epochs", "batch_size", "eval_batch_size", "lora_rank"):
             v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            if not _is_int(v) or v < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {v!r}")
-        for name in ("train_size", "validation_size", "test_size", "max_steps_per_epoch", "num_threads",
-                     "stop_after_epochs"):
+        for name in ("max_steps_per_epoch", "num_threads", "stop_after_epochs"):
             v = getattr(self, name)
-            if v is not None and (not isinstance(v, int) or v < 1):
-                raise ValueError(f"{name} must be an int >= 1 or None (all), got {v!r}")
-        for name in ("param_ratio", "init_from", "compress_only"):
+            if v is not None and (not _is_int(v) or v < 1):
+                raise ValueError(f"{name} must be an int >= 1 or None, got {v!r}")
+        if not _is_int(self.seed) or self.seed < 0:
+            raise ValueError(f"seed must be an int >= 0, got {self.seed!r}; e.g. seed=0")
+        check_rates(self.lr, self.mpo_lr, self.weight_decay)
+        if self.max_grad_norm is not None and not (isinstance(self.max_grad_norm, (int, float))
+                                                   and math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0):
+            raise ValueError(f"max_grad_norm must be a finite number > 0 or None (no clipping), got "
+                             f"{self.max_grad_norm!r}; e.g. max_grad_norm=1.0")
+        if not (isinstance(self.warmup_ratio, (int, float)) and 0 <= self.warmup_ratio < 1):
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}; e.g. 0.06")
+        if self.param_ratio is not None and not (isinstance(self.param_ratio, (int, float)) and 0 < self.param_ratio <= 1):
+            raise ValueError(f"param_ratio must be in (0, 1], got {self.param_ratio!r}; e.g. param_ratio=0.5")
+        if self.max_bond is not None and (not _is_int(self.max_bond) or self.max_bond < 1):
+            raise ValueError(f"max_bond must be an int >= 1, got {self.max_bond!r}; e.g. max_bond=64")
+        for name in ("param_ratio", "max_bond", "init_from", "compress_only"):
             if getattr(self, name) and self.method != "mpo-lfa":
                 raise ValueError(f"{name} applies to method='mpo-lfa' only, got method={self.method!r}")
         if self.init_from is not None and (self.param_ratio is not None or self.max_bond is not None):
             raise ValueError("init_from loads an already compressed model: drop param_ratio / max_bond "
                              f"(got param_ratio={self.param_ratio!r}, max_bond={self.max_bond!r})")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}; e.g. 0.06")
+        if not self.compress_only:
+            self.data_spec()  # the data options' own checks
+
+    def data_spec(self) -> DataSpec:
+        return DataSpec(**{k: getattr(self, k) for k in _DATA_FIELDS})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 def config_from_dict(data: dict) -> FinetuneConfig:
