@@ -20,8 +20,9 @@ weights are read; each problem raises a :class:`ModelSourceError` subclass that
 names the path and says what a valid source looks like.
 
 Padding: a tokenizer without a pad token (most decoder LMs) gets
-``pad_token = eos_token``, and a model whose config has no ``pad_token_id``
-gets the tokenizer's, so batched classification and generation work.
+``pad_token = eos_token``, and a model whose config (or generation config) has
+no ``pad_token_id`` gets the tokenizer's, so batched classification and
+generation work.
 """
 
 from __future__ import annotations
@@ -113,8 +114,9 @@ def identify_source(source: str | os.PathLike) -> ModelSource:
                         "e.g. load_model('runs/my_model')")
     path = Path(source).expanduser()
     if not path.exists():
+        what = "model file" if path.suffix.lower() == ".gguf" else "model folder"
         raise ModelNotFoundError(
-            f"model folder {str(path)!r} does not exist. Pass {_VALID_SOURCE}. Model hub names are not "
+            f"{what} {str(path)!r} does not exist. Pass {_VALID_SOURCE}. Model hub names are not "
             "downloaded: save the model to a folder first.")
     if path.is_file():
         return _identify_file(path)
@@ -269,7 +271,11 @@ def _label_kwargs(task, num_labels, id2label, label2id, problem_type) -> dict:
     if label2id is not None:
         if not isinstance(label2id, dict):
             raise ValueError(f"label2id must be a dict {{label: id}}, got {type(label2id).__name__}")
-        label2id = {str(k): int(v) for k, v in label2id.items()}
+        try:
+            label2id = {str(k): int(v) for k, v in label2id.items()}
+        except (TypeError, ValueError):
+            raise ValueError(f"label2id values must be label ids 0..n-1, got {list(label2id.values())}; "
+                             "e.g. label2id={'negative': 0, 'positive': 1}") from None
         if id2label is None:
             id2label = {v: k for k, v in label2id.items()}
             if sorted(id2label) != list(range(len(id2label))):
@@ -469,6 +475,9 @@ def load_model(source: str | os.PathLike, *, task: str | None = None, num_labels
     model = _read_model(src, task, labels, dtype).eval()
     if tokenizer is not None and getattr(model.config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
+    generation = getattr(model, "generation_config", None)
+    if tokenizer is not None and generation is not None and generation.pad_token_id is None:
+        generation.pad_token_id = tokenizer.pad_token_id  # generate() would warn and fall back to eos
     from .surgery import mpo_modules
 
     info = {"model_class": type(model).__name__, "model_type": getattr(model.config, "model_type", None),
