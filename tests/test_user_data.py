@@ -153,6 +153,7 @@ def test_stratified_split_keeps_class_proportions_and_is_seeded(tmp_path):
     assert set().union(*texts) == {t for t, _ in rows} and sum(len(t) for t in texts) == 100
     assert data.info["splits"]["validation"] == {"from": "train", "fraction": 0.2, "seed": 3, "stratified": True}
     assert data.info["sources"]["test"] == "0.1 of train"
+    assert json.loads(json.dumps(data.info)) == data.info  # ready for a JSON report
     again = load_data(path, validation_split=0.2, test_split=0.1, seed=3)
     assert again.validation["text"] == data.validation["text"] and again.test["text"] == data.test["text"]
     other = load_data(path, validation_split=0.2, test_split=0.1, seed=4)
@@ -207,6 +208,7 @@ def test_column_errors(tmp_path):
     with pytest.raises(DataError, match="no label column 'stars' but other columns"):
         load_data(path, text_column="sentence", label_column="stars")  # a misnamed label is not silently lm
     assert load_data(path, text_column="sentence", label_column="stars", task="lm").task == "lm"
+    assert load_data(path, text_column="sentence", label_column=None).task == "lm"  # no labels, explicitly
     texts = write_jsonl(tmp_path / "t.jsonl", [{"text": "a"}, {"text": "b"}])
     for task in ("classify", "regress"):
         with pytest.raises(DataError, match=f"task='{task}' needs labels.*no column 'label'"):
@@ -273,7 +275,12 @@ def test_ptb_by_name():
     assert sum(len(t.split()) + 1 for t in data.validation["text"]) == 73760  # words + <eos>, as in PTB_SIZES
 
 
-def test_registry_register_and_errors():
+def test_registry_register_and_errors(monkeypatch):
+    from mpokit.data import registry
+
+    dataset_names()  # the providers' sets first, so that the copy below holds them
+    monkeypatch.setattr(registry, "_LOADERS", dict(registry._LOADERS))  # registrations here are undone
+
     def tiny():
         return NamedDataset(train=datasets.Dataset.from_dict({"text": ["a", "b"], "label": ["x", "y"]}),
                             info={"name": "tiny"})

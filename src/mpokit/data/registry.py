@@ -76,8 +76,8 @@ def add_provider(module: str) -> None:
 def _import_providers() -> None:
     for module in list(PROVIDERS):
         if module not in _IMPORTED:
-            _IMPORTED.add(module)
             importlib.import_module(module)
+            _IMPORTED.add(module)
 
 
 def dataset_names() -> list[str]:

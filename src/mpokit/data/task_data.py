@@ -16,8 +16,9 @@
 * ``task``: ``"classify"``, ``"regress"``, ``"lm"`` or None. None takes the named data set's task, else
   infers it from the training labels (:mod:`mpokit.data.labels`: floats -> regress; strings, integers,
   booleans, ClassLabel -> classify). With no label column the task is ``lm`` only when the training data
-  has no other columns than the text column(s) (a ``.txt`` file, a JSON Lines file of ``{"text": ...}``);
-  otherwise the label column is probably misnamed and a :class:`DataError` lists the columns.
+  has no other columns than the text column(s) (a ``.txt`` file, a JSON Lines file of ``{"text": ...}``)
+  or ``label_column=None``; otherwise the label column is probably misnamed and a :class:`DataError`
+  lists the columns.
 * ``text_pair_column``: the second text of sentence-pair tasks (tokenised as ``(text, text_pair)``).
 
 The splits of the result hold exactly the used columns: text, the text pair if any, and the label as a
@@ -145,7 +146,7 @@ def _resolve_task(task, named, train_ds, where, text_columns, label_column):
     if task is None and named is not None and named.task is not None:
         task, how = named.task, "the data set's task"
     elif task is None:
-        if not has_label:
+        if not has_label and label_column is not None:
             others = [c for c in train_ds.column_names if c not in text_columns]
             if others:
                 raise DataError(

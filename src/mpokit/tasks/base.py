@@ -192,7 +192,7 @@ class Task:
         with _eval_mode(model):
             for batch in tqdm(loader, desc=progress if isinstance(progress, str) else "eval", disable=disable, leave=False):
                 if device is not None:
-                    batch = {k: v.to(device) for k, v in batch.items()}
+                    batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
                 outputs = self._batch_outputs(model, batch)
                 if accelerator is not None:
                     outputs = accelerator.gather_for_metrics(outputs)
