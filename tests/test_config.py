@@ -81,5 +81,57 @@ def test_mpo_options_per_criterion():
 def test_uses_defaults_only_without_explicit_targets():
     assert MPOConfig().uses_defaults
     assert not MPOConfig(target_modules="query").uses_defaults
-    assert MPOConfig(target_modules="query").target_modules == ["query"]
     assert not MPOConfig(target_regex=".*").uses_defaults
+    assert not MPOConfig(target_modules="all-linear").uses_defaults
+
+
+def test_a_target_modules_string_stays_one_regex_and_round_trips():
+    for value in (r".*\.(q|v)_proj", "query", "all-linear"):
+        cfg = MPOConfig(target_modules=value)
+        assert cfg.target_modules == value  # never split into characters or wrapped into a list
+        back = MPOConfig.from_json(cfg.to_json())
+        assert back == cfg and back.target_modules == value
+    assert MPOConfig(target_modules=("query", "value")).target_modules == ["query", "value"]
+    with pytest.raises(ValueError, match=r"target_modules '\(' is not a valid regular expression"):
+        MPOConfig(target_modules="(")
+    with pytest.raises(ValueError, match="must not be an empty string"):
+        MPOConfig(target_modules="")
+
+
+def test_target_types_default_to_the_registered_converters():
+    from mpokit.converters import converter_names
+
+    assert MPOConfig().target_types == converter_names()
+    assert {"Linear", "Conv1D", "Embedding", "LSTM"} <= set(converter_names())
+    with pytest.raises(ValueError, match=r"target_types \['Conv2d'\] are not supported; choose from \['Linear'"):
+        MPOConfig(target_types=["Conv2d"])
+
+
+@pytest.mark.parametrize(
+    "field, value, fragment",
+    [
+        ("trainable", "foo", "trainable must be one of"),
+        ("target_modules", [3], "target_modules must be a list of non-empty strings"),
+        ("target_regex", "(", "not a valid regular expression"),
+        ("target_types", ["Conv2d"], "not supported"),
+        ("attention", {"max_bond": 2}, "attention must be an MPOLayerConfig or None, got dict"),
+        ("train_head", 1, "train_head must be True or False"),
+    ],
+)
+def test_validate_catches_fields_changed_after_construction(field, value, fragment):
+    cfg = MPOConfig()
+    setattr(cfg, field, value)
+    with pytest.raises((ValueError, TypeError)) as info:
+        cfg.validate()
+    assert fragment in str(info.value)
+
+
+def test_layer_config_validate_catches_changes_after_construction():
+    layer = MPOLayerConfig(max_bond=4)
+    layer.rel_error = 0.1
+    with pytest.raises(ValueError, match="at most one truncation criterion"):
+        layer.validate()
+    cfg = MPOConfig(ffn=MPOLayerConfig())
+    cfg.ffn.param_ratio = 2.0
+    with pytest.raises(ValueError, match=r"param_ratio must be in \(0, 1\]"):
+        cfg.validate()

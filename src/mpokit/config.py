@@ -1,19 +1,25 @@
 """MPOConfig: which modules of a model become MPOs, how, and what trains afterwards.
 
 A validated, versioned dataclass that round-trips through JSON
-(``MPOConfig.from_json(cfg.to_json()) == cfg``).
+(``MPOConfig.from_json(cfg.to_json()) == cfg``). :meth:`MPOConfig.validate` runs
+in ``__post_init__`` and again in :func:`mpokit.compress`, so a field changed
+after construction is checked where it is used.
 
-Targets
-    * ``target_modules``: module names, matched exactly or as a dotted suffix
-      (``"query"`` matches ``"bert.encoder.layer.0.attention.self.query"``);
+Targets (resolved by :mod:`mpokit.targets`, PEFT's conventions)
+    * ``target_modules``: a list of module names, matched exactly or as a dotted
+      suffix (``["query"]`` matches ``"bert.encoder.layer.0.attention.self.query"``);
+      or one string: a regular expression full-matched against module names
+      (``r".*\\.(q|v)_proj"``), or ``"all-linear"`` (every linear-type module but the
+      output head, plus the input word embedding);
     * ``target_regex``: a regular expression that must match the full name;
-    * ``target_types``: class names a target must have (``Linear``, ``Embedding``,
-      ``Conv1D``);
+    * ``target_types``: converter names a target must have (``Linear``, ``Conv1D``,
+      ``Embedding``, ``LSTM``; :data:`mpokit.converters.CONVERTERS`);
     * ``exclude_modules``: names/suffixes never touched (e.g. ``"classifier"``).
 
   With neither ``target_modules`` nor ``target_regex``, the per-architecture
-  defaults of :mod:`mpokit.surgery` are used (BERT, ALBERT, DistilBERT, RoBERTa,
-  GPT-2, Llama).
+  defaults of :data:`mpokit.targets.ARCHITECTURES` are used (BERT, ALBERT,
+  DistilBERT, RoBERTa, GPT-2, Llama), and the ``"all-linear"`` fallback for
+  any other model.
 
 Per-kind settings (MPOP decomposes these separately)
     ``embedding``, ``attention``, ``ffn``, ``other``: a :class:`MPOLayerConfig`
@@ -44,13 +50,13 @@ from typing import Any
 
 from .mpo import GAUGES
 
-__all__ = ["MPOConfig", "MPOLayerConfig", "CONFIG_VERSION", "TRAINABLE_CHOICES", "KINDS"]
+__all__ = ["MPOConfig", "MPOLayerConfig", "CONFIG_VERSION", "TRAINABLE_CHOICES", "KINDS", "ALL_LINEAR"]
 
 CONFIG_VERSION = 1
 TRAINABLE_CHOICES = ("auxiliary", "all", "central", "none")
 KINDS = ("embedding", "attention", "ffn", "other")
 TIE_POLICIES = ("tie", "untie", "error")
-_TYPES_KNOWN = ("Linear", "Embedding", "Conv1D")
+ALL_LINEAR = "all-linear"  # target_modules value selecting the all-linear fallback
 
 
 def _is_int(v) -> bool:
@@ -82,6 +88,14 @@ class MPOLayerConfig:
     gauge: str = "symmetric"
 
     def __post_init__(self) -> None:
+        for name in ("out_modes", "in_modes"):
+            modes = getattr(self, name)
+            if isinstance(modes, list):
+                setattr(self, name, tuple(modes))
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first field whose current value is invalid (nothing is changed)."""
         given = [k for k in ("max_bond", "rel_error", "max_params", "param_ratio") if getattr(self, k) is not None]
         if len(given) > 1:
             raise ValueError(
@@ -110,10 +124,9 @@ class MPOLayerConfig:
                 continue
             if not isinstance(modes, (list, tuple)) or not modes or not all(_is_int(m) and m >= 1 for m in modes):
                 raise ValueError(f"{name} must be a non-empty tuple of positive ints, got {modes!r}; e.g. (3, 4, 4, 4, 4)")
-            setattr(self, name, tuple(modes))
         if self.out_modes is not None and self.in_modes is not None and len(self.out_modes) != len(self.in_modes):
             raise ValueError(
-                f"out_modes {self.out_modes} and in_modes {self.in_modes} must have the same length; "
+                f"out_modes {tuple(self.out_modes)} and in_modes {tuple(self.in_modes)} must have the same length; "
                 "e.g. out_modes=(3,4,4,4,4), in_modes=(4,4,4,4,3)"
             )
         if self.gauge not in GAUGES:
@@ -156,22 +169,42 @@ def _layer_from(value, kind: str) -> MPOLayerConfig | None:
 
 
 def _str_list(value, name: str) -> list[str] | None:
-    if value is None:
-        return None
+    """A tuple becomes a list and one string a one-element list; anything else is left for :meth:`MPOConfig.validate`."""
     if isinstance(value, str):
         return [value]
-    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
-        raise TypeError(f"{name} must be a list of non-empty strings, got {value!r}; e.g. ['query', 'value']")
-    return list(value)
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _check_str_list(value, name: str, example: str) -> None:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise TypeError(f"{name} must be a list of non-empty strings, got {value!r}; e.g. {example}")
+
+
+def _check_regex(value: str, name: str, example: str) -> None:
+    try:
+        re.compile(value)
+    except re.error as e:
+        raise ValueError(f"{name} {value!r} is not a valid regular expression ({e}); e.g. {example}") from None
+
+
+def _converter_names() -> list[str]:
+    from .converters import converter_names  # the converter registry (imports the layers)
+
+    return converter_names()
 
 
 @dataclass
 class MPOConfig:
-    """What :func:`mpokit.compress` replaces and what trains afterwards (see the module docstring)."""
+    """What :func:`mpokit.compress` replaces and what trains afterwards (see the module docstring).
 
-    target_modules: list[str] | None = None
+    ``target_modules``: ``None``, a list of names/suffixes, or one string (a
+    regular expression full-matched against module names, or ``"all-linear"``).
+    ``target_types`` defaults to every registered converter.
+    """
+
+    target_modules: list[str] | str | None = None
     target_regex: str | None = None
-    target_types: list[str] = field(default_factory=lambda: list(_TYPES_KNOWN))
+    target_types: list[str] = field(default_factory=_converter_names)
     exclude_modules: list[str] = field(default_factory=list)
     model_type: str | None = None
     embedding: MPOLayerConfig | None = field(default_factory=MPOLayerConfig)
@@ -189,26 +222,50 @@ class MPOConfig:
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
-        self.target_modules = _str_list(self.target_modules, "target_modules")
-        self.target_types = _str_list(self.target_types, "target_types") or []
-        self.exclude_modules = _str_list(self.exclude_modules, "exclude_modules") or []
+        if isinstance(self.target_modules, tuple):
+            self.target_modules = list(self.target_modules)
+        self.target_types = _str_list(self.target_types, "target_types")
+        self.exclude_modules = [] if self.exclude_modules is None else _str_list(self.exclude_modules, "exclude_modules")
+        for kind in KINDS:
+            setattr(self, kind, _layer_from(getattr(self, kind), kind))
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` / ``TypeError`` naming the first invalid field (its current value; nothing is changed).
+
+        Called by ``__post_init__`` and by :func:`mpokit.compress`, so a field set
+        after construction (``cfg.trainable = "foo"``) is caught where it is used.
+        """
+        tm = self.target_modules
+        if isinstance(tm, str):
+            if not tm:
+                raise ValueError("target_modules must not be an empty string; e.g. 'all-linear' or r'.*\\.(q|v)_proj'")
+            if tm != ALL_LINEAR:
+                _check_regex(tm, "target_modules", r"r'.*\.(q_proj|v_proj)' (one string is a regex, a list holds names)")
+        elif tm is not None:
+            _check_str_list(tm, "target_modules", "['query', 'value'], r'.*\\.(q|v)_proj' or 'all-linear'")
+        _check_str_list(self.target_types, "target_types", "['Linear']")
+        _check_str_list(self.exclude_modules, "exclude_modules", "['classifier']")
+        known = _converter_names()
         if not self.target_types:
-            raise ValueError(f"target_types must name at least one module type; e.g. {list(_TYPES_KNOWN)}")
-        bad = [t for t in self.target_types if t not in _TYPES_KNOWN]
+            raise ValueError(f"target_types must name at least one module type; e.g. {known}")
+        bad = [t for t in self.target_types if t not in known]
         if bad:
-            raise ValueError(f"target_types {bad} are not supported; choose from {list(_TYPES_KNOWN)}, e.g. ['Linear']")
+            raise ValueError(f"target_types {bad} are not supported; choose from {known} "
+                             "(mpokit.converters.register_converter adds more), e.g. ['Linear']")
         if self.target_regex is not None:
             if not isinstance(self.target_regex, str):
                 raise TypeError(f"target_regex must be a string, got {self.target_regex!r}; e.g. r'.*\\.attention\\..*'")
-            try:
-                re.compile(self.target_regex)
-            except re.error as e:
-                raise ValueError(f"target_regex {self.target_regex!r} is not a valid regular expression ({e}); "
-                                 r"e.g. r'.*layer\.\d+\.attention\.self\.(query|value)'") from None
+            _check_regex(self.target_regex, "target_regex", r"r'.*layer\.\d+\.attention\.self\.(query|value)'")
         if self.model_type is not None and not isinstance(self.model_type, str):
             raise TypeError(f"model_type must be a string or None, got {self.model_type!r}; e.g. 'bert'")
         for kind in KINDS:
-            setattr(self, kind, _layer_from(getattr(self, kind), kind))
+            value = getattr(self, kind)
+            if value is not None and not isinstance(value, MPOLayerConfig):
+                raise TypeError(f"{kind} must be an MPOLayerConfig or None, got {type(value).__name__} {value!r}; "
+                                "e.g. MPOLayerConfig(max_bond=64) (the constructor also converts a dict)")
+            if value is not None:
+                value.validate()
         if self.tied_embeddings not in TIE_POLICIES:
             raise ValueError(f"tied_embeddings must be one of {TIE_POLICIES}, got {self.tied_embeddings!r}; e.g. 'tie'")
         if self.trainable not in TRAINABLE_CHOICES:
@@ -234,7 +291,7 @@ class MPOConfig:
 
     @property
     def uses_defaults(self) -> bool:
-        """True when targets come from the per-architecture registry."""
+        """True when no targets are named: the per-architecture registry decides, or the all-linear fallback."""
         return self.target_modules is None and self.target_regex is None
 
     # -- JSON ----------------------------------------------------------------------

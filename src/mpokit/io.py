@@ -1,19 +1,26 @@
-"""Checkpoints of MPO-compressed transformers models: safetensors + JSON, no pickle.
+"""Checkpoints of MPO-compressed models: safetensors + JSON, no pickle.
 
 A checkpoint folder holds
 
 * ``model.safetensors``: every tensor of ``model.state_dict()`` (a tied tensor once);
 * ``mpo_config.json``: format version, the model class, the :class:`MPOConfig`, the
-  MPO structure (per module: shape, modes, bonds, bias, source type), aliases of
-  tied tensors, and the weights file's size and SHA-256;
-* ``config.json``: the base model's own transformers config.
+  MPO structure (one entry per converted module, written by its converter:
+  :data:`mpokit.converters.CONVERTERS`), aliases of tied tensors, the trainable
+  parameters, and the weights file's size and SHA-256;
+* ``config.json``: the base model's own transformers config, when it has one.
 
-Every file is written to a temporary name in the same folder and moved into
-place with ``os.replace`` (atomic on POSIX). :func:`from_pretrained` rebuilds
-the model from ``config.json``, recreates the MPO layers with the saved bond
-dimensions (no decomposition), checks size and checksum, and loads the
+Every file is written through :mod:`mpokit.atomic` (a temporary name in the
+same folder, then ``os.replace``). :func:`from_pretrained` builds the dense
+model (from ``config.json``, or takes the freshly built dense ``model=`` for a
+model without a transformers config), recreates the MPO modules with the saved
+bond dimensions (no decomposition), checks size and checksum, and loads the
 tensors strictly: a corrupt, truncated or mismatched checkpoint raises
 :class:`CheckpointError` saying which file and why.
+
+Format versions: 2 (written now) adds a ``converter`` name per module entry,
+modules that keep their own forward (``"parametrized": true``), ``MPOLSTM``
+entries and ``has_config``; version 1 folders (``MPOLinear`` / ``MPOEmbedding`` /
+``MPOTiedLinear`` entries, always with ``config.json``) load as before.
 """
 
 from __future__ import annotations
@@ -21,52 +28,32 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from .atomic import atomic_write_bytes, atomic_write_text
 from .config import MPOConfig
-from .surgery import MPOTiedLinear, _set_submodule, mpo_modules, set_recompute
+from .converters import CONVERTERS, attach_weight, converted_modules, converter_for
+from .layers.base import MPOModule
+from .layers.weight import MPOWeight
+from .surgery import MPOTiedLinear, _set_submodule, set_recompute
 
 __all__ = ["save_pretrained", "from_pretrained", "CheckpointError", "atomic_write_bytes", "atomic_write_text",
-           "structure_manifest", "apply_structure", "WEIGHTS_NAME", "MPO_CONFIG_NAME"]
+           "structure_manifest", "apply_structure", "WEIGHTS_NAME", "MPO_CONFIG_NAME", "FORMAT_VERSION"]
 
 WEIGHTS_NAME = "model.safetensors"
 MPO_CONFIG_NAME = "mpo_config.json"
 CONFIG_NAME = "config.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+_PARAMETRIZED = "weight"  # the tensor an MPOWeight supplies
+_V1_CONVERTERS = {"MPOLinear": "Linear", "MPOEmbedding": "Embedding"}  # version-1 entries name no converter
 
 
 class CheckpointError(ValueError):
     """A checkpoint folder that cannot be loaded (missing, corrupt, truncated or mismatched)."""
-
-
-# ---------------------------------------------------------------------------
-# atomic writes
-# ---------------------------------------------------------------------------
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 # ---------------------------------------------------------------------------
@@ -75,87 +62,93 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def structure_manifest(model: nn.Module) -> list[dict]:
-    """What :func:`apply_structure` needs to recreate the MPO layers of ``model`` (JSON-able)."""
-    out = []
-    emb_names = {}
-    for name, m in mpo_modules(model):
-        entry = {
-            "name": name,
-            "class": type(m).__name__,
-            "shape": list(m.shape),
-            "out_modes": list(m.out_modes),
-            "in_modes": list(m.in_modes),
-            "bond_dims": list(m.bond_dims),
-            "gauge": m.gauge,
-            "error_bound": float(getattr(m, "error_bound", 0.0)),
-        }
-        if hasattr(m, "to_linear"):
-            entry["bias"] = m.bias is not None
-            entry["source_type"] = getattr(m, "source_type", "Linear")
-        elif hasattr(m, "to_embedding"):
-            entry["padding_idx"] = m.padding_idx
-            entry["source_padding_idx"] = getattr(m, "source_padding_idx", m.padding_idx)
-            entry["source_type"] = "Embedding"
+    """What :func:`apply_structure` needs to recreate the MPO modules of ``model`` (JSON-able), in model order.
+
+    One entry per converted module (``name``, ``class``, ``converter`` and the
+    converter's fields), then one per head tied to an MPO embedding. Raises
+    ``TypeError`` for an MPO layer no converter owns.
+    """
+    out, holders, covered = [], {}, []
+    for name, m, conv, parametrized in converted_modules(model):
+        if parametrized:
+            holder = m.parametrizations[_PARAMETRIZED][0]
+            entry = {"name": name, "class": "MPOWeight", "converter": conv.name, "parametrized": True,
+                     "tensor": _PARAMETRIZED, "transposed": holder.transposed, **_weight_fields(holder)}
+            holders[id(holder)] = f"{name}.parametrizations.{_PARAMETRIZED}.0"
         else:
-            raise TypeError(f"cannot save MPO module {name!r} of type {type(m).__name__}: only MPOLinear/MPOEmbedding")
-        emb_names[id(m)] = name
+            entry = {"name": name, "class": type(m).__name__, "converter": conv.name, **conv.manifest(m)}
+            holders[id(m)] = name
+        covered.append(name)
         out.append(entry)
     for name, m in model.named_modules():
+        if isinstance(m, MPOModule) and not any(name == c or name.startswith(c + ".") for c in covered):
+            raise TypeError(f"cannot save MPO module {name!r} of type {type(m).__name__}: no converter owns it "
+                            f"(registered: {sorted(CONVERTERS)}; mpokit.converters.register_converter adds one)")
         if isinstance(m, MPOTiedLinear):
-            out.append({"name": name, "class": "MPOTiedLinear", "embedding": emb_names[id(m.embedding)],
+            out.append({"name": name, "class": "MPOTiedLinear", "embedding": holders[id(m.embedding)],
                         "bias": m.bias is not None})
     return out
 
 
+def _weight_fields(m: MPOWeight) -> dict:
+    return {"shape": list(m.shape), "out_modes": list(m.out_modes), "in_modes": list(m.in_modes),
+            "bond_dims": list(m.bond_dims), "gauge": m.gauge, "error_bound": float(m.error_bound)}
+
+
+def _converter_of(entry: dict):
+    name = entry.get("converter") or entry.get("source_type") or _V1_CONVERTERS.get(entry.get("class"))
+    conv = CONVERTERS.get(name or "")
+    if conv is None:
+        raise CheckpointError(
+            f"{entry.get('name')!r} in {MPO_CONFIG_NAME} was converted by {name or entry.get('class')!r}, which is not a "
+            f"registered converter ({sorted(CONVERTERS)}); register it with mpokit.converters.register_converter"
+        )
+    return conv
+
+
+def _attach_saved_weight(old: nn.Module, entry: dict, conv) -> None:
+    """Parametrize ``old.weight`` with an MPOWeight of the saved structure (cores set by load_state_dict)."""
+    if converter_for(old) is not conv:
+        raise CheckpointError(f"the checkpoint parametrizes {entry['name']!r} as a {conv.name}, but the model has a "
+                              f"{type(old).__name__} there; the weights do not match the model")
+    ref = old._parameters.get(_PARAMETRIZED)
+    holder = MPOWeight.empty(entry["shape"], entry["out_modes"], entry["in_modes"], entry["bond_dims"],
+                             transposed=entry["transposed"], gauge=entry["gauge"],
+                             device=None if ref is None else ref.device, dtype=None if ref is None else ref.dtype)
+    holder.error_bound = float(entry.get("error_bound", 0.0))
+    if tuple(holder.bond_dims) != tuple(entry["bond_dims"]):
+        raise CheckpointError(f"{entry['name']}: cannot recreate bond dimensions {entry['bond_dims']} "
+                              f"(got {holder.bond_dims})")
+    try:
+        attach_weight(old, holder, conv.name)
+    except ValueError as e:
+        raise CheckpointError(f"the checkpoint's MPO weight of {entry['name']!r} does not match the model: {e}") from None
+
+
 def apply_structure(model: nn.Module, manifest: list[dict]) -> None:
-    """Replace the dense modules named in ``manifest`` by MPO layers of the saved shapes (values not set)."""
-    from .surgery import _layers
-
-    MPOLinear, MPOEmbedding = _layers()
-
+    """Convert the dense modules named in ``manifest`` to MPO modules of the saved structure (values not set)."""
     for entry in manifest:
         name = entry["name"]
         try:
             old = model.get_submodule(name)
         except AttributeError:
             raise CheckpointError(
-                f"the checkpoint has an MPO layer {name!r} but the model built from config.json has no such module; "
-                "config.json and mpo_config.json do not belong together"
+                f"the checkpoint has an MPO layer {name!r} but the model has no such module; "
+                "the model (config.json or model=) and mpo_config.json do not belong together"
             ) from None
-        if entry["class"] != "MPOTiedLinear":
-            w = getattr(old, "weight", None)
-            dense_shape = None if w is None else tuple(w.shape[::-1] if type(old).__name__ == "Conv1D" else w.shape)
-            if dense_shape != tuple(entry["shape"]):
-                raise CheckpointError(
-                    f"the checkpoint's MPO layer {name!r} has shape {tuple(entry['shape'])}, but config.json builds "
-                    f"{type(old).__name__} with shape {dense_shape}; the weights do not match the config"
-                )
-        ref = next(old.parameters(), None)
-        device = ref.device if ref is not None else None
-        dtype = ref.dtype if ref is not None else None
-        if entry["class"] == "MPOLinear":
-            out_features, in_features = entry["shape"]
-            new = MPOLinear(in_features, out_features, bias=entry["bias"], out_modes=tuple(entry["out_modes"]),
-                            in_modes=tuple(entry["in_modes"]), bond_dim=list(entry["bond_dims"]) or None,
-                            device=device, dtype=dtype, gauge=entry["gauge"])
-            if entry.get("source_type") == "Conv1D":
-                new.source_type = "Conv1D"
-        elif entry["class"] == "MPOEmbedding":
-            num, dim = entry["shape"]
-            new = MPOEmbedding(num, dim, padding_idx=entry.get("padding_idx"), out_modes=tuple(entry["out_modes"]),
-                               in_modes=tuple(entry["in_modes"]), bond_dim=list(entry["bond_dims"]) or None,
-                               device=device, dtype=dtype, gauge=entry["gauge"])
-            new.source_padding_idx = entry.get("source_padding_idx", entry.get("padding_idx"))
-        elif entry["class"] == "MPOTiedLinear":
+        if entry["class"] == "MPOTiedLinear":
             emb = model.get_submodule(entry["embedding"])
             bias = getattr(old, "bias", None) if entry["bias"] else None
-            new = MPOTiedLinear(emb, bias if bias is not None else None)
-        else:
-            raise CheckpointError(f"unknown MPO module class {entry['class']!r} for {name!r} in {MPO_CONFIG_NAME}")
-        if tuple(getattr(new, "bond_dims", ())) != tuple(entry.get("bond_dims", ())):
-            raise CheckpointError(f"{name}: cannot recreate bond dimensions {entry['bond_dims']} (got {new.bond_dims})")
-        if hasattr(new, "error_bound"):
-            new.error_bound = float(entry.get("error_bound", 0.0))
+            _set_submodule(model, name, MPOTiedLinear(emb, bias))
+            continue
+        conv = _converter_of(entry)
+        if entry.get("parametrized"):
+            _attach_saved_weight(old, entry, conv)
+            continue
+        try:
+            new = conv.rebuild(entry, old)
+        except ValueError as e:
+            raise CheckpointError(f"the checkpoint's MPO layer {name!r} does not match the model: {e}") from None
         _set_submodule(model, name, new)
 
 
@@ -178,20 +171,26 @@ def _state_and_aliases(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[
     return tensors, aliases
 
 
+def _hf_config(model: nn.Module):
+    """``model.config`` when it is a transformers config (it can write itself as JSON), else None."""
+    cfg = getattr(model, "config", None)
+    return cfg if cfg is not None and hasattr(cfg, "to_json_string") else None
+
+
 def save_pretrained(model: nn.Module, directory: str | os.PathLike, *, tokenizer=None) -> Path:
-    """Save ``model`` (compressed or not) to ``directory``; returns the folder. See the module docstring."""
+    """Save any ``model`` (compressed or not) to ``directory``; returns the folder. See the module docstring.
+
+    ``config.json`` is written when the model has a transformers config; a model
+    without one is loaded back with ``from_pretrained(directory, model=<fresh dense model>)``.
+    """
     from safetensors.torch import save as st_save
 
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    hf_config = getattr(model, "config", None)
-    if hf_config is None or not hasattr(hf_config, "to_json_string"):
-        raise TypeError(
-            f"save_pretrained needs a transformers model (with .config), got {type(model).__name__}; "
-            "for a plain module save its state_dict with safetensors.torch.save_file"
-        )
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}; e.g. save_pretrained(model, 'ckpt')")
+    hf_config = _hf_config(model)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    manifest = structure_manifest(model)
     tensors, aliases = _state_and_aliases(model)
     payload = st_save(tensors, metadata={"format": "pt", "producer": "mpokit"})
     mpo_config = getattr(model, "mpo_config", None)
@@ -199,14 +198,17 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, *, tokenizer
         "format": "mpokit",
         "format_version": FORMAT_VERSION,
         "model_class": type(model).__name__,
+        "model_module": type(model).__module__,
+        "has_config": hf_config is not None,
         "mpo_config": mpo_config.to_dict() if isinstance(mpo_config, MPOConfig) else None,
-        "modules": structure_manifest(model),
+        "modules": manifest,
         "aliases": aliases,
         "trainable": sorted(n for n, p in model.named_parameters() if p.requires_grad),
         "weights": {"file": WEIGHTS_NAME, "bytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest()},
     }
     atomic_write_bytes(directory / WEIGHTS_NAME, payload)
-    atomic_write_text(directory / CONFIG_NAME, hf_config.to_json_string())
+    if hf_config is not None:
+        atomic_write_text(directory / CONFIG_NAME, hf_config.to_json_string())
     atomic_write_text(directory / MPO_CONFIG_NAME, json.dumps(meta, indent=2, sort_keys=True))  # last: marks a complete save
     if tokenizer is not None:
         tokenizer.save_pretrained(str(directory))
@@ -226,9 +228,9 @@ def _read_meta(directory: Path) -> dict:
         raise CheckpointError(f"{path} is corrupt (not valid JSON: {e}); re-save the model with mpokit.save_pretrained") from None
     if not isinstance(meta, dict) or meta.get("format") != "mpokit":
         raise CheckpointError(f"{path} is not an mpokit checkpoint description (no 'format': 'mpokit')")
-    if meta.get("format_version") != FORMAT_VERSION:
+    if meta.get("format_version") not in READABLE_VERSIONS:
         raise CheckpointError(
-            f"{path} has format_version {meta.get('format_version')!r}; this mpokit reads version {FORMAT_VERSION}"
+            f"{path} has format_version {meta.get('format_version')!r}; this mpokit reads versions {READABLE_VERSIONS}"
         )
     for key in ("model_class", "modules", "aliases", "weights"):
         if key not in meta:
@@ -264,23 +266,59 @@ def load_checked_weights(directory: str | os.PathLike, meta: dict | None = None)
         raise CheckpointError(f"{wpath} is not a readable safetensors file: {e}") from None
 
 
-def from_pretrained(directory: str | os.PathLike, *, device=None, dtype=None) -> nn.Module:
-    """Load a model saved by :func:`save_pretrained` (in eval mode, trainable flags as saved)."""
+def _build_from_config(directory: Path, meta: dict) -> nn.Module:
+    """The dense transformers model described by ``config.json`` (random weights)."""
+    cls_name = meta["model_class"]
+    if not meta.get("has_config", True) or not (directory / CONFIG_NAME).is_file():
+        raise CheckpointError(
+            f"{directory} holds a {cls_name} saved without a transformers {CONFIG_NAME}, so it cannot be built "
+            f"from the folder; pass a freshly built dense model: from_pretrained({str(directory)!r}, model={cls_name}(...))"
+        )
     import transformers
 
+    cls = getattr(transformers, cls_name, None)
+    if cls is None:
+        raise CheckpointError(
+            f"model class {cls_name!r} is not in this transformers version; pass a freshly built dense model "
+            f"with from_pretrained({str(directory)!r}, model=...)"
+        )
+    try:
+        hf_config = transformers.AutoConfig.from_pretrained(str(directory))
+    except Exception as e:  # noqa: BLE001 - report as a checkpoint problem
+        raise CheckpointError(f"{directory / CONFIG_NAME} cannot be read as a transformers config: {e}") from None
+    return cls._from_config(hf_config) if hasattr(cls, "_from_config") else cls(hf_config)
+
+
+def _check_skeleton(model, meta: dict, directory: Path) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a freshly built dense nn.Module, got {type(model).__name__}; "
+                        f"e.g. from_pretrained({str(directory)!r}, model=MyModel())")
+    if type(model).__name__ != meta["model_class"]:
+        raise CheckpointError(f"{directory} holds a {meta['model_class']}, but model= is a {type(model).__name__}; "
+                              f"pass a freshly built {meta['model_class']}")
+    converted = [name for name, *_ in converted_modules(model)]
+    converted += [name for name, m in model.named_modules() if isinstance(m, MPOTiedLinear)]
+    if converted:
+        raise CheckpointError(f"model= already holds MPO modules ({converted[:3]}); pass a freshly built dense "
+                              f"{meta['model_class']}: from_pretrained recreates the MPO modules")
+    return model
+
+
+def from_pretrained(directory: str | os.PathLike, model: nn.Module | None = None, *, device=None,
+                    dtype=None) -> nn.Module:
+    """Load a model saved by :func:`save_pretrained` (in eval mode, trainable flags as saved).
+
+    Without ``model`` the dense model is built from ``config.json`` (transformers
+    models). With ``model`` (a freshly built dense model of the saved class, for
+    models without a transformers config, like PEFT's ``from_pretrained(model, ...)``)
+    that model is converted and loaded in place and returned.
+    """
     directory = Path(directory)
     if not directory.is_dir():
         raise CheckpointError(f"{str(directory)!r} is not a folder; pass the folder given to save_pretrained")
     meta = _read_meta(directory)
     state = load_checked_weights(directory, meta)
-    cls = getattr(transformers, meta["model_class"], None)
-    if cls is None:
-        raise CheckpointError(f"model class {meta['model_class']!r} is not in this transformers version")
-    try:
-        hf_config = transformers.AutoConfig.from_pretrained(str(directory))
-    except Exception as e:  # noqa: BLE001 - report as a checkpoint problem
-        raise CheckpointError(f"{directory / CONFIG_NAME} cannot be read as a transformers config: {e}") from None
-    model = cls._from_config(hf_config) if hasattr(cls, "_from_config") else cls(hf_config)
+    model = _build_from_config(directory, meta) if model is None else _check_skeleton(model, meta, directory)
     if dtype is not None:
         model = model.to(dtype=dtype)
     apply_structure(model, meta["modules"])
@@ -295,7 +333,7 @@ def from_pretrained(directory: str | os.PathLike, *, device=None, dtype=None) ->
     missing = [k for k in result.missing_keys]
     if missing or result.unexpected_keys:
         raise CheckpointError(
-            f"{directory} does not match {meta['model_class']} built from its config.json: "
+            f"{directory} does not match the {meta['model_class']} it was loaded into: "
             f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, unexpected {result.unexpected_keys[:5]}"
         )
     if meta.get("mpo_config") is not None:

@@ -1,14 +1,21 @@
-"""Model surgery: turn the matrices of a transformers model into MPO layers, and back.
+"""Model surgery: turn the matrices of a model into MPO layers, and back.
 
-* :func:`compress` (in place) replaces targeted ``nn.Linear`` / GPT-2 ``Conv1D`` /
-  ``nn.Embedding`` modules with :class:`~mpokit.layers.MPOLinear` /
-  :class:`~mpokit.layers.MPOEmbedding`, through their parent module, keeping
-  device and dtype; it records a :class:`CompressionReport` and applies the
-  config's trainable settings (:func:`mark_trainable`).
-* Targets come from :class:`~mpokit.config.MPOConfig` (names, suffixes, regex,
-  types) or from the per-architecture registry (:data:`ARCHITECTURES`: BERT,
-  incl. all-MiniLM-L6-v2, ALBERT, DistilBERT, RoBERTa, GPT-2, Llama).
-* :func:`merge_and_unload` rebuilds dense layers (``Conv1D`` comes back as ``Conv1D``).
+* :func:`compress` (in place) converts the targeted modules
+  (:func:`mpokit.targets.resolve_targets`: registry defaults, the all-linear
+  fallback, ``target_modules`` names or regex, ``target_regex``) with their
+  converter (:data:`mpokit.converters.CONVERTERS`: ``nn.Linear`` / GPT-2
+  ``Conv1D`` -> :class:`~mpokit.layers.MPOLinear`, ``nn.Embedding`` ->
+  :class:`~mpokit.layers.MPOEmbedding`, ``nn.LSTM`` -> :class:`~mpokit.layers.lstm.MPOLSTM`),
+  through their parent module, keeping device and dtype; it records a
+  :class:`CompressionReport` (per matrix: why it was taken, shapes, bonds,
+  parameters, error bound) and applies the config's trainable settings
+  (:func:`mark_trainable`).
+* A module whose class overrides the base type's ``forward`` keeps its class
+  and forward: an :class:`~mpokit.layers.weight.MPOWeight` supplies its weight
+  through ``torch.nn.utils.parametrize`` (report rows say ``parametrized``).
+* :func:`merge_and_unload` rebuilds dense modules through the same converters
+  (``Conv1D`` comes back as ``Conv1D``, ``MPOLSTM`` as ``nn.LSTM``; a parametrized
+  module gets a dense ``weight`` Parameter again).
 * Parameter roles (MPO central / auxiliary core, head, norm, bias, embedding,
   other) are decided by module structure (:meth:`MPOModule.central_parameters`,
   ``model.base_model``, module types), never by parameter-name strings.
@@ -20,16 +27,18 @@ weight is transposed on the way in and back on the way out.
 
 from __future__ import annotations
 
-import re
+import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import KINDS, MPOConfig
+from .config import MPOConfig
+from .converters import CONVERTERS, convert, converted_modules, detach_weight
 from .layers.base import MPOModule
+from .targets import ARCHITECTURES, ArchitectureDefaults, Target, find_targets, register_architecture, resolve_targets
+from .targets import _resolve
 
 __all__ = [
     "ArchitectureDefaults",
@@ -38,8 +47,10 @@ __all__ = [
     "CompressionReport",
     "ModuleReport",
     "MPOTiedLinear",
+    "Target",
     "compress",
     "find_targets",
+    "resolve_targets",
     "merge_and_unload",
     "mark_trainable",
     "set_recompute",
@@ -54,114 +65,18 @@ __all__ = [
 ROLES = ("mpo_central", "mpo_auxiliary", "head", "layernorm", "bias", "embedding", "other")
 
 
-# ---------------------------------------------------------------------------
-# per-architecture defaults (a registry, not an if/elif chain)
-# ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ArchitectureDefaults:
-    """Which modules of one architecture are MPO targets, per kind.
-
-    ``patterns`` maps a kind (``embedding``, ``attention``, ``ffn``, ``other``)
-    to a regular expression searched in the full module name.
-    """
-
-    model_type: str
-    patterns: dict[str, str]
-
-    def kind_of(self, name: str) -> str | None:
-        for kind in KINDS:
-            pat = self.patterns.get(kind)
-            if pat is not None and re.search(pat, name):
-                return kind
-        return None
-
-
-ARCHITECTURES: dict[str, ArchitectureDefaults] = {}
-
-
-def register_architecture(defaults: ArchitectureDefaults) -> None:
-    """Add or replace the default targets of ``defaults.model_type`` (``model.config.model_type``)."""
-    bad = set(defaults.patterns) - set(KINDS)
-    if bad:
-        raise ValueError(f"unknown kinds {sorted(bad)} in patterns; valid kinds are {KINDS}")
-    ARCHITECTURES[defaults.model_type] = defaults
-
-
-_BERT = {
-    "embedding": r"(^|\.)embeddings\.word_embeddings$",
-    "attention": r"(^|\.)layer\.\d+\.attention\.(self\.(query|key|value)|output\.dense)$",
-    "ffn": r"(^|\.)layer\.\d+\.(intermediate|output)\.dense$",
-    "other": r"(^|\.)pooler\.dense$",
-}
-for _t in ("bert", "roberta"):
-    register_architecture(ArchitectureDefaults(_t, dict(_BERT)))
-register_architecture(ArchitectureDefaults("albert", {
-    "embedding": r"(^|\.)embeddings\.word_embeddings$",
-    "attention": r"(^|\.)albert_layers\.\d+\.attention\.(query|key|value|dense)$",
-    "ffn": r"(^|\.)albert_layers\.\d+\.(ffn|ffn_output)$",
-    "other": r"(^|\.)(pooler|encoder\.embedding_hidden_mapping_in)$",
-}))
-register_architecture(ArchitectureDefaults("distilbert", {
-    "embedding": r"(^|\.)embeddings\.word_embeddings$",
-    "attention": r"(^|\.)layer\.\d+\.attention\.(q_lin|k_lin|v_lin|out_lin)$",
-    "ffn": r"(^|\.)layer\.\d+\.ffn\.(lin1|lin2)$",
-}))
-register_architecture(ArchitectureDefaults("gpt2", {
-    "embedding": r"(^|\.)wte$",
-    "attention": r"(^|\.)h\.\d+\.attn\.(c_attn|c_proj)$",
-    "ffn": r"(^|\.)h\.\d+\.mlp\.(c_fc|c_proj)$",
-}))
-register_architecture(ArchitectureDefaults("llama", {
-    "embedding": r"(^|\.)embed_tokens$",
-    "attention": r"(^|\.)layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|o_proj)$",
-    "ffn": r"(^|\.)layers\.\d+\.mlp\.(gate_proj|up_proj|down_proj)$",
-}))
-
-
-# ---------------------------------------------------------------------------
-# module types
-# ---------------------------------------------------------------------------
-
-
-def _is_conv1d(module: nn.Module) -> bool:
-    """transformers' GPT-2 ``Conv1D``: ``y = x @ weight + bias``, weight ``(in_features, out_features)``."""
-    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and getattr(module, "weight", None) is not None
-
-
-def _type_name(module: nn.Module) -> str | None:
-    if isinstance(module, MPOModule) or isinstance(module, MPOTiedLinear):
-        return None
-    if isinstance(module, nn.Linear):
-        return "Linear"
-    if isinstance(module, nn.Embedding):
-        return "Embedding"
-    if _is_conv1d(module):
-        return "Conv1D"
-    return None
-
-
-def _layers():
-    from .layers import MPOLinear
-
-    try:
-        from .layers import MPOEmbedding
-    except ImportError:  # pragma: no cover - layers package without embeddings
-        MPOEmbedding = None
-    return MPOLinear, MPOEmbedding
-
-
 def mpo_modules(model: nn.Module) -> list[tuple[str, MPOModule]]:
     """``(name, module)`` for every MPO layer (instances of :class:`MPOModule`) in ``model``."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, MPOModule)]
 
 
 class MPOTiedLinear(nn.Module):
-    """An output projection tied to an :class:`MPOEmbedding`: ``y = x E^T + b``, ``E (num_embeddings, dim)``.
+    """An output projection tied to an MPO embedding: ``y = x E^T + b``, ``E (num_embeddings, dim)``.
 
-    It owns no cores: the embedding's cores are the only copy, so the tie
-    survives training and truncation. The embedding is referenced, not
+    ``embedding`` is the module holding the cores of ``E``: an :class:`MPOEmbedding`,
+    or the :class:`~mpokit.layers.weight.MPOWeight` of an embedding that kept its
+    own forward. It owns no cores: the embedding's cores are the only copy, so the
+    tie survives training and truncation. The embedding is referenced, not
     registered as a submodule (it is registered where it lives in the model).
     """
 
@@ -190,7 +105,14 @@ class MPOTiedLinear(nn.Module):
 
 @dataclass
 class ModuleReport:
-    """What happened to one module."""
+    """What happened to one matrix (an LSTM gives one row per W / U, named ``<lstm>.weight_ih_l0`` ...).
+
+    ``shape`` is the MPO's ``(rows, cols)``; ``params_before`` the dense matrix's
+    entries, ``params_after`` its MPO's; ``rel_error_bound`` bounds
+    ``||W - W_mpo||_F / ||W||_F``. ``reason`` says why the module was taken
+    (:class:`mpokit.targets.Target`); ``parametrized`` that the module kept its
+    class and forward and an MPO supplies its weight.
+    """
 
     name: str
     kind: str
@@ -202,16 +124,23 @@ class ModuleReport:
     params_before: int
     params_after: int
     rel_error_bound: float
+    reason: str = ""
+    parametrized: bool = False
 
 
 @dataclass
 class CompressionReport:
-    """Per-module rows plus model totals. ``str(report)`` is a table."""
+    """Per-matrix rows plus model totals. ``str(report)`` is a table.
+
+    ``unmatched`` lists the ``target_modules`` entries that matched no module
+    (each also raised a warning); ``tied`` the heads that share or copy an embedding.
+    """
 
     modules: list[ModuleReport] = field(default_factory=list)
     model_params_before: int = 0
     model_params_after: int = 0
     tied: list[str] = field(default_factory=list)
+    unmatched: list[str] = field(default_factory=list)
 
     @property
     def matrix_params_before(self) -> int:
@@ -227,17 +156,21 @@ class CompressionReport:
             "model_params_before": self.model_params_before,
             "model_params_after": self.model_params_after,
             "tied": list(self.tied),
+            "unmatched": list(self.unmatched),
         }
 
     def table(self) -> str:
         w = max([len("module")] + [len(r.name) for r in self.modules])
-        head = f"{'module':<{w}} {'kind':<9} {'shape':>12} {'out modes':>16} {'in modes':>16} {'bonds':>20} {'before':>10} {'after':>10} {'rel.err<=':>9}"
+        rw = max([len("reason")] + [len(r.reason) + (len(", parametrized") if r.parametrized else 0) for r in self.modules])
+        head = (f"{'module':<{w}} {'kind':<9} {'shape':>12} {'out modes':>16} {'in modes':>16} {'bonds':>20} "
+                f"{'before':>10} {'after':>10} {'rel.err<=':>9}  {'reason':<{rw}}")
         lines = [head, "-" * len(head)]
         for r in self.modules:
+            why = r.reason + (", parametrized" if r.parametrized else "")
             lines.append(
                 f"{r.name:<{w}} {r.kind:<9} {'x'.join(map(str, r.shape)):>12} {str(r.out_modes):>16} "
                 f"{str(r.in_modes):>16} {str(r.bond_dims):>20} {r.params_before:>10,} {r.params_after:>10,} "
-                f"{r.rel_error_bound:>9.2e}"
+                f"{r.rel_error_bound:>9.2e}  {why:<{rw}}"
             )
         lines.append("-" * len(head))
         mb, ma = self.matrix_params_before, self.matrix_params_after
@@ -248,74 +181,11 @@ class CompressionReport:
         )
         for t in self.tied:
             lines.append(f"tied: {t}")
+        for u in self.unmatched:
+            lines.append(f"unmatched target_modules entry: {u!r}")
         return "\n".join(lines)
 
     __str__ = table
-
-
-# ---------------------------------------------------------------------------
-# targets
-# ---------------------------------------------------------------------------
-
-
-def _name_matches(name: str, entries: Iterable[str]) -> bool:
-    return any(name == e or name.endswith("." + e) for e in entries)
-
-
-def _model_type(model: nn.Module, config: MPOConfig) -> str | None:
-    if config.model_type is not None:
-        return config.model_type
-    hf_config = getattr(model, "config", None)
-    return getattr(hf_config, "model_type", None)
-
-
-def find_targets(model: nn.Module, config: MPOConfig) -> list[tuple[str, nn.Module, str]]:
-    """``(name, module, kind)`` of every module :func:`compress` would replace. Raises if none match."""
-    if not isinstance(config, MPOConfig):
-        raise TypeError(f"config must be an MPOConfig, got {type(config).__name__}; e.g. MPOConfig(trainable='auxiliary')")
-    model_type = _model_type(model, config)
-    arch = ARCHITECTURES.get(model_type) if model_type else None
-    if config.uses_defaults and arch is None:
-        raise ValueError(
-            f"no default MPO targets for model type {model_type!r}; supported: {sorted(ARCHITECTURES)}. "
-            "Name the targets yourself, e.g. MPOConfig(target_modules=['q_proj', 'v_proj']) or "
-            "MPOConfig(target_regex=r'.*\\.mlp\\..*'), or register_architecture(...)"
-        )
-    regex = re.compile(config.target_regex) if config.target_regex else None
-    targets, candidates = [], []
-    for name, module in model.named_modules():
-        tname = _type_name(module)
-        if tname is None or not name:
-            continue
-        candidates.append(name)
-        if tname not in config.target_types or _name_matches(name, config.exclude_modules):
-            continue
-        kind = arch.kind_of(name) if arch is not None else None
-        if config.uses_defaults:
-            if kind is None:
-                continue
-        else:
-            hit = (config.target_modules is not None and _name_matches(name, config.target_modules)) or (
-                regex is not None and regex.fullmatch(name) is not None
-            )
-            if not hit:
-                continue
-            kind = kind or ("embedding" if tname == "Embedding" else "other")
-        if config.layer_config(kind) is None:
-            continue
-        targets.append((name, module, kind))
-    if not targets:
-        wanted = (
-            f"the {model_type} defaults for kinds {[k for k in KINDS if config.layer_config(k) is not None]}"
-            if config.uses_defaults
-            else f"target_modules={config.target_modules}, target_regex={config.target_regex!r}"
-        )
-        raise ValueError(
-            f"no module matched {wanted} with target_types={config.target_types}, "
-            f"exclude_modules={config.exclude_modules}. Candidate modules include {candidates[:8]}"
-            f"{' ...' if len(candidates) > 8 else ''}; e.g. MPOConfig(target_modules=['{candidates[0].rsplit('.', 1)[-1] if candidates else 'query'}'])"
-        )
-    return targets
 
 
 # ---------------------------------------------------------------------------
@@ -336,34 +206,14 @@ def _module_name(model: nn.Module, target: nn.Module) -> str | None:
     return None
 
 
-def _to_mpo(module: nn.Module, tname: str, options: dict) -> tuple[nn.Module, torch.Tensor]:
-    """The MPO layer for ``module`` and the dense matrix it approximates ``(rows, cols)``."""
-    MPOLinear, MPOEmbedding = _layers()
-    if tname == "Linear":
-        return MPOLinear.from_linear(module, **options), module.weight.detach()
-    if tname == "Conv1D":
-        weight = module.weight.detach().t()  # Conv1D stores (in, out); the MPO holds (out, in)
-        linear = nn.Linear(weight.shape[1], weight.shape[0], bias=module.bias is not None,
-                           device=weight.device, dtype=weight.dtype)
-        with torch.no_grad():
-            linear.weight.copy_(weight)
-            if module.bias is not None:
-                linear.bias.copy_(module.bias)
-        linear.train(module.training)
-        layer = MPOLinear.from_linear(linear, **options)
-        layer.source_type = "Conv1D"
-        return layer, weight
-    if MPOEmbedding is None:
-        raise RuntimeError("MPOEmbedding is not available in mpokit.layers; cannot compress embeddings yet")
-    layer = MPOEmbedding.from_embedding(module, **options)
-    pad = module.padding_idx
-    if pad is not None and bool(module.weight[pad].detach().any()):
-        # MPOEmbedding zeroes the output at padding_idx (nn.Embedding's zero-initialised row); a pre-trained
-        # table can hold a non-zero padding row (all-MiniLM-L6-v2 does), which nn.Embedding returns as is.
-        # Keep that behaviour: no masking, and remember the index for merge_and_unload.
-        layer.padding_idx = None
-    layer.source_padding_idx = pad
-    return layer, module.weight.detach()
+def _output_embeddings(model: nn.Module) -> nn.Module | None:
+    fn = getattr(model, "get_output_embeddings", None)
+    if not callable(fn):
+        return None
+    try:
+        return fn()
+    except (NotImplementedError, AttributeError):
+        return None
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
@@ -378,58 +228,78 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 
 
 def compress(model: nn.Module, config: MPOConfig | None = None, *, return_report: bool = False):
-    """Replace the targeted matrices of ``model`` by MPO layers, in place.
+    """Convert the targeted modules of ``model`` to MPO modules, in place.
 
-    Returns ``model`` (or ``(model, report)`` with ``return_report=True``); the
+    Targets come from :func:`mpokit.targets.resolve_targets`; each goes through
+    its converter (:data:`mpokit.converters.CONVERTERS`) with the layer config of
+    its kind. ``config`` is validated here too (:meth:`MPOConfig.validate`), so
+    a field changed after construction is checked. Returns ``model`` (or
+    ``(model, report)`` with ``return_report=True``); the
     :class:`CompressionReport` is also kept as ``model.mpo_report`` and the
-    config as ``model.mpo_config``. Raises ``ValueError`` naming the targets
-    when nothing matched, or for an unknown model type without explicit targets.
+    config as ``model.mpo_config``. A ``target_modules`` entry that matches no
+    module raises a warning and is listed in ``report.unmatched``; ``ValueError``
+    names the targets and candidates when nothing matched.
     """
     config = MPOConfig() if config is None else config
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch nn.Module, got {type(model).__name__}")
-    targets = find_targets(model, config)
-    report = CompressionReport(model_params_before=count_parameters(model))
-    out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    tied_to_replace: list[tuple[nn.Module, nn.Module]] = []
-    for name, module, kind in targets:
-        tname = _type_name(module)
-        if tname == "Embedding" and out_emb is not None and getattr(out_emb, "weight", None) is module.weight:
-            if config.tied_embeddings == "error":
-                raise ValueError(
-                    f"{name} is tied to the output projection {_module_name(model, out_emb)!r} (same Parameter); "
-                    "choose MPOConfig(tied_embeddings='tie') to share the MPO cores with the head, "
-                    "'untie' to keep a dense copy in the head, or exclude the embedding with "
-                    f"MPOConfig(embedding=None)"
-                )
-            tied_to_replace.append((module, out_emb))
-        layer_cfg = config.layer_config(kind)
-        dense = module.weight.numel()
-        new, matrix = _to_mpo(module, tname, layer_cfg.mpo_options(dense))
-        norm = float(torch.linalg.vector_norm(matrix.double()))
-        _set_submodule(model, name, new)
-        report.modules.append(ModuleReport(
-            name=name, kind=kind, source_type=tname, shape=tuple(new.shape), out_modes=new.out_modes,
-            in_modes=new.in_modes, bond_dims=new.bond_dims, params_before=dense, params_after=new.num_mpo_params,
-            rel_error_bound=float(new.error_bound) / norm if norm > 0 else 0.0,
-        ))
-        for old_emb, head in tied_to_replace:
-            if old_emb is module:
-                head_name = _module_name(model, head)
-                if config.tied_embeddings == "tie":
-                    _set_submodule(model, head_name, MPOTiedLinear(new, getattr(head, "bias", None)))
-                    report.tied.append(f"{head_name} shares the MPO cores of {name}")
-                else:  # untie: the head keeps its own dense copy
-                    head.weight = nn.Parameter(head.weight.detach().clone())
-                    if getattr(model, "config", None) is not None and hasattr(model.config, "tie_word_embeddings"):
-                        model.config.tie_word_embeddings = False
-                    report.tied.append(f"{head_name} untied from {name} (dense copy kept)")
+    targets, unmatched = _resolve(model, config)
+    for entry in unmatched:
+        warnings.warn(f"target_modules entry {entry!r} matches no module that mpokit can convert "
+                      f"(names are matched exactly or as a dotted suffix, e.g. 'query')", stacklevel=2)
+    report = CompressionReport(model_params_before=count_parameters(model), unmatched=list(unmatched))
+    out_emb = _output_embeddings(model)
+    for target in targets:
+        _compress_one(model, target, config, out_emb, report)
     report.model_params_after = count_parameters(model)
     model.mpo_config = config
     model.mpo_report = report
     mark_trainable(model, config)
     set_recompute(model, config.recompute)
     return (model, report) if return_report else model
+
+
+def _tied_head(target: Target, out_emb: nn.Module | None) -> nn.Module | None:
+    """The output projection sharing ``target``'s weight Parameter, if its converter allows ties."""
+    if out_emb is None or not CONVERTERS[target.converter].ties_to_output:
+        return None
+    weight = target.module._parameters.get("weight")
+    return out_emb if weight is not None and out_emb._parameters.get("weight") is weight else None
+
+
+def _compress_one(model: nn.Module, target: Target, config: MPOConfig, out_emb, report: CompressionReport) -> None:
+    conv = CONVERTERS[target.converter]
+    name = target.name
+    head = _tied_head(target, out_emb)
+    head_name = _module_name(model, head) if head is not None else None
+    if head is not None:
+        if config.tied_embeddings == "error":
+            raise ValueError(
+                f"{name} is tied to the output projection {head_name!r} (same Parameter); "
+                "choose MPOConfig(tied_embeddings='tie') to share the MPO cores with the head, "
+                "'untie' to keep a dense copy in the head, or exclude the embedding with "
+                f"MPOConfig(embedding=None)"
+            )
+        if config.tied_embeddings == "untie":  # copy first: converting may drop the shared Parameter
+            head.weight = nn.Parameter(head.weight.detach().clone())
+            if getattr(model, "config", None) is not None and hasattr(model.config, "tie_word_embeddings"):
+                model.config.tie_word_embeddings = False
+            report.tied.append(f"{head_name} untied from {name} (dense copy kept)")
+    dense = {suffix: (w.numel(), float(torch.linalg.vector_norm(w.detach().double())))
+             for suffix, w in conv.dense_matrices(target.module)}
+    done = convert(target.module, conv, config.layer_config(target.kind))
+    if not done.parametrized:
+        _set_submodule(model, name, done.module)
+    for suffix, m in done.matrices:
+        numel, norm = dense[suffix]
+        report.modules.append(ModuleReport(
+            name=f"{name}.{suffix}" if suffix else name, kind=target.kind, source_type=conv.name,
+            shape=tuple(m.shape), out_modes=m.out_modes, in_modes=m.in_modes, bond_dims=m.bond_dims,
+            params_before=numel, params_after=m.num_mpo_params,
+            rel_error_bound=float(m.error_bound) / norm if norm > 0 else 0.0,
+            reason=target.reason, parametrized=done.parametrized,
+        ))
+    if head is not None and config.tied_embeddings == "tie":
+        _set_submodule(model, head_name, MPOTiedLinear(done.cores_holder, getattr(head, "bias", None)))
+        report.tied.append(f"{head_name} shares the MPO cores of {name}")
 
 
 # ---------------------------------------------------------------------------
@@ -470,8 +340,9 @@ def parameter_roles(model: nn.Module) -> dict[str, str]:
         b = m._parameters.get("bias") if hasattr(m, "_parameters") else None
         if b is not None:
             role.setdefault(id(b), "bias")
-        if isinstance(m, nn.Embedding):
-            role.setdefault(id(m.weight), "embedding")
+        w = m._parameters.get("weight") if isinstance(m, nn.Embedding) else None
+        if w is not None:  # a parametrized embedding has no weight Parameter (its MPO cores are already assigned)
+            role.setdefault(id(w), "embedding")
     return {name: role.get(id(p), "other") for name, p in model.named_parameters()}
 
 
@@ -544,36 +415,24 @@ def print_trainable_parameters(model: nn.Module, *, file=None) -> tuple[int, int
 
 @torch.no_grad()
 def merge_and_unload(model: nn.Module) -> nn.Module:
-    """Replace every MPO layer by its dense equivalent, in place; returns ``model``.
+    """Replace every converted module by its dense equivalent, in place; returns ``model``.
 
-    MPOLinear -> ``nn.Linear`` (or ``Conv1D`` when it came from one), MPOEmbedding
-    -> ``nn.Embedding``, a head tied to an MPO embedding -> ``nn.Linear`` sharing
-    the dense embedding's weight. All parameters are left trainable, as in a
-    freshly loaded model.
+    Each goes back through its converter: MPOLinear -> ``nn.Linear`` (or ``Conv1D``
+    when it came from one), MPOEmbedding -> ``nn.Embedding``, MPOLSTM -> ``nn.LSTM``;
+    a module that kept its own forward gets a dense ``weight`` Parameter again;
+    a head tied to an MPO embedding -> ``nn.Linear`` sharing the dense embedding's
+    weight. All parameters are left trainable, as in a freshly loaded model.
     """
     dense_of: dict[int, nn.Module] = {}
-    for name, m in mpo_modules(model):
-        if hasattr(m, "to_linear"):
-            dense = m.to_linear()
-            if getattr(m, "source_type", None) == "Conv1D":
-                from transformers.pytorch_utils import Conv1D
-
-                conv = Conv1D(dense.out_features, dense.in_features).to(device=dense.weight.device, dtype=dense.weight.dtype)
-                conv.weight.copy_(dense.weight.t())
-                if dense.bias is not None:
-                    conv.bias.copy_(dense.bias)
-                else:
-                    conv.bias = None
-                dense = conv
-        elif hasattr(m, "to_embedding"):
-            dense = m.to_embedding()
-            pad = getattr(m, "source_padding_idx", m.padding_idx)
-            if pad is not None and m.padding_idx is None:
-                dense.padding_idx = pad  # the row keeps its (non-zero) value, as in the original table
+    for name, m, conv, parametrized in converted_modules(model):
+        if parametrized:
+            holder = m.parametrizations["weight"][0]
+            detach_weight(m)
+            dense_of[id(holder)] = m
         else:
-            continue
-        dense_of[id(m)] = dense
-        _set_submodule(model, name, dense)
+            dense = conv.to_dense(m)
+            dense_of[id(m)] = dense
+            _set_submodule(model, name, dense)
     for name, m in list(model.named_modules()):
         if isinstance(m, MPOTiedLinear):
             emb = dense_of.get(id(m.embedding))
@@ -591,4 +450,3 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
         if attr in model.__dict__:
             del model.__dict__[attr]
     return model
-
