@@ -13,7 +13,7 @@
 #
 # The `lstm` mode runs `mpokit lstm classify|lm` with --device cuda, each step resumable (--resume), so
 # a step cut off by $LIMIT keeps its finished runs in OUT_DIR/<step>/runs.csv. The device has no data
-# packages: first, here, `python -m mpokit.data.files data_files` (git-ignored; name data_files in the
+# packages: first, here, `python -m mpokit.recipes.data.files data_files` (git-ignored; name data_files in the
 # device call's carry). Steps: rt_full (Rotten Tomatoes, full preset, rates 10 and 50, seeds 0-2, the
 # four methods, lr 2e-3) and ptb_full (PTB, full preset, rate 10, seed 0, the four methods). Back here,
 # `mpokit lstm classify --combine OUT_DIR/rt_full --out runs/gpu_rt_full` writes the table and plot.

@@ -1,6 +1,6 @@
 """Training-dynamics probe for MPO-LSTM on Rotten Tomatoes: one run, one variant, per call.
 
-Trains the classifier of :mod:`mpokit.experiments.lstm_classification` (the ``medium`` preset: all
+Trains the classifier of :mod:`mpokit.recipes.lstm_classification` (the ``medium`` preset: all
 sentences, batch 64, dropout 0.3, clip 5; ``--epochs`` of them) and prints, per epoch: the mean training
 loss of each quarter of the epoch, the median and maximum gradient norm (before clipping), the spectral
 norm of the hidden-to-hidden matrix U, and validation / test accuracy. The last line is
@@ -46,9 +46,9 @@ import time
 import torch
 from torch import nn
 
-from mpokit.experiments import lstm_classification as C
+from mpokit.recipes import lstm_classification as C
 from mpokit.bond_schedule import GradualBondTruncation, hand_on_state
-from mpokit.experiments.lstm_common import build_lstm, dense_parameters, set_seed
+from mpokit.recipes.lstm_common import build_lstm, dense_parameters, set_seed
 from mpokit.layers.lstm import MPOLSTM
 
 

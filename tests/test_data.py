@@ -3,17 +3,9 @@
 import pytest
 import torch
 
-from mpokit.data import (
-    Vocabulary,
-    batchify,
-    bptt_windows,
-    build_text_vocab,
-    encode_padded,
-    load_ptb,
-    load_rotten_tomatoes,
-    tokenize_words,
-)
-from mpokit.data.rotten_tomatoes import read_sentences
+from mpokit.data import Vocabulary, build_text_vocab, encode_padded, tokenize_words
+from mpokit.recipes.data import batchify, bptt_windows, load_ptb, load_rotten_tomatoes
+from mpokit.recipes.data.rotten_tomatoes import read_sentences
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +95,7 @@ def test_ptb_batchify_and_bptt():
 
 
 def test_exported_files_give_the_same_data(tmp_path, monkeypatch, rt, ptb):
-    from mpokit.data.files import ENV, export_data, main
+    from mpokit.recipes.data.files import ENV, export_data, main
 
     monkeypatch.delenv(ENV, raising=False)
     written = export_data(tmp_path / "files")
@@ -119,7 +111,7 @@ def test_exported_files_give_the_same_data(tmp_path, monkeypatch, rt, ptb):
         assert torch.equal(getattr(from_files_ptb, name), getattr(ptb, name))
     assert from_files_ptb.vocab.itos == ptb.vocab.itos
     (tmp_path / "files" / "ptb.valid.txt").unlink()
-    with pytest.raises(FileNotFoundError, match="ptb.valid.txt is missing; write the files with `python -m mpokit.data.files"):
+    with pytest.raises(FileNotFoundError, match="ptb.valid.txt is missing; write the files with `python -m mpokit.recipes.data.files"):
         load_ptb()
     monkeypatch.delenv(ENV)
     assert main([str(tmp_path / "again")]) == 0 and (tmp_path / "again" / "ptb.valid.txt").is_file()

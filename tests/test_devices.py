@@ -100,8 +100,8 @@ def test_lstm_matches_dense_with_gradients(device, execution):
 def test_lstm_experiment_trains_every_method_on_the_device(device, task, tmp_path):
     """The tiny preset of both LSTM experiments, all four methods, on ``device``: every run ends at
     its budget (masks / bonds on the device) and the report names the device."""
-    from mpokit.experiments import lstm_classification, lstm_lm
-    from mpokit.experiments.lstm_report import read_runs
+    from mpokit.recipes import lstm_classification, lstm_lm
+    from mpokit.recipes.lstm_report import read_runs
 
     module = lstm_classification if task == "classify" else lstm_lm
     cfg = module.config_from_preset("tiny", methods=("dense", "mpo", "pruning", "mpo_gradual"))
@@ -114,7 +114,7 @@ def test_lstm_experiment_trains_every_method_on_the_device(device, task, tmp_pat
 
 
 def test_lstm_experiment_rejects_unknown_devices(tmp_path):
-    from mpokit.experiments.lstm_classification import PRESETS, run_classification
+    from mpokit.recipes.lstm_classification import PRESETS, run_classification
 
     bad = ["tpu", "meta"] + ([] if torch.cuda.is_available() else ["cuda"])
     for device in bad:

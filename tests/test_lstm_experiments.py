@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from mpokit.baselines.lstm_pruning import LSTMPruner, cubic_sparsity, effective_weight, load_pruned, pruned_tensors, save_pruned
-from mpokit.experiments.lstm_common import (
+from mpokit.recipes.lstm_common import (
     PAPER_RATES,
     build_lstm,
     dense_lstm_weight_count,
@@ -66,7 +66,7 @@ def test_budget_with_other_core_counts_matches_mpo_and_pruning(n_cores):
 
 def test_cli_core_count_reaches_the_mpo_lstm(tmp_path, capsys):
     from mpokit import cli
-    from mpokit.experiments.lstm_report import read_runs
+    from mpokit.recipes.lstm_report import read_runs
 
     args = ["lstm", "lm", "--preset", "tiny", "--methods", "mpo", "--mpo-cores", "3", "--out", str(tmp_path), "--no-progress"]
     assert cli.main(args) == 0
@@ -81,7 +81,7 @@ def test_cli_core_count_reaches_the_mpo_lstm(tmp_path, capsys):
 
 def test_resume_refuses_a_folder_trained_with_other_settings(tmp_path, capsys):
     from mpokit import cli
-    from mpokit.experiments.lstm_report import read_runs
+    from mpokit.recipes.lstm_report import read_runs
 
     base = ["lstm", "lm", "--preset", "tiny", "--methods", "mpo", "--out", str(tmp_path), "--no-progress"]
     assert cli.main(base) == 0
@@ -98,7 +98,7 @@ def test_resume_refuses_a_folder_trained_with_other_settings(tmp_path, capsys):
 
 def test_combine_merges_folders_and_refuses_mismatches(tmp_path, capsys):
     from mpokit import cli
-    from mpokit.experiments.lstm_report import aggregate, read_runs
+    from mpokit.recipes.lstm_report import aggregate, read_runs
 
     def train(name, *extra):
         args = ["lstm", "lm", "--preset", "tiny", "--methods", "mpo", "--out", str(tmp_path / name), "--no-progress"]
@@ -153,8 +153,8 @@ def test_hh_share_gives_u_its_fraction_of_the_same_budget(num_layers):
 
 def test_cli_hh_share_reaches_the_config_and_bad_shares_are_rejected(tmp_path):
     from mpokit import cli
-    from mpokit.experiments.lstm_classification import config_from_preset
-    from mpokit.experiments.lstm_report import read_runs
+    from mpokit.recipes.lstm_classification import config_from_preset
+    from mpokit.recipes.lstm_report import read_runs
 
     args = ["lstm", "classify", "--preset", "tiny", "--methods", "mpo", "--mpo-hh-share", "0.7", "--out", str(tmp_path), "--no-progress"]
     assert cli.main(args) == 0
@@ -171,8 +171,8 @@ def test_cli_hh_share_reaches_the_config_and_bad_shares_are_rejected(tmp_path):
 
 @pytest.mark.parametrize("n_cores", [1, 0, 2.5, True])
 def test_bad_core_count_is_rejected(n_cores):
-    from mpokit.experiments.lstm_classification import config_from_preset
-    from mpokit.experiments.lstm_lm import config_from_preset as lm_config
+    from mpokit.recipes.lstm_classification import config_from_preset
+    from mpokit.recipes.lstm_lm import config_from_preset as lm_config
 
     for make in (config_from_preset, lm_config):
         with pytest.raises(ValueError, match="mpo_cores"):
@@ -190,7 +190,7 @@ def test_cubic_schedule_zhu_gupta():
 
 
 def _tiny_model():
-    from mpokit.experiments.lstm_classification import LSTMClassifier
+    from mpokit.recipes.lstm_classification import LSTMClassifier
 
     return LSTMClassifier(50, 16, nn.LSTM(16, 16, batch_first=True), 2, dropout=0.0)
 
@@ -258,7 +258,7 @@ def test_mpo_lstm_from_dense_at_full_bonds_gives_dense_outputs():
 
 
 def test_gradual_method_starts_at_the_dense_init_and_has_the_mpo_budget():
-    from mpokit.experiments.lstm_common import set_seed
+    from mpokit.recipes.lstm_common import set_seed
 
     set_seed(0)
     gradual = build_lstm("mpo_gradual", 32, 32, 2, 10, dropout=0.0)
@@ -272,7 +272,7 @@ def test_gradual_method_starts_at_the_dense_init_and_has_the_mpo_budget():
 
 
 def test_experiment_cut_hands_adam_state_to_the_new_cores():
-    from mpokit.experiments.lstm_common import compression_schedule, dense_parameters, schedule_step, set_seed
+    from mpokit.recipes.lstm_common import compression_schedule, dense_parameters, schedule_step, set_seed
 
     set_seed(0)
     build = build_lstm("mpo_gradual", 16, 16, 1, 10)
@@ -293,7 +293,7 @@ def test_experiment_cut_hands_adam_state_to_the_new_cores():
 
 def test_tiny_gradual_truncation_run_ends_at_the_budget(tmp_path):
     from mpokit import cli
-    from mpokit.experiments.lstm_report import read_runs
+    from mpokit.recipes.lstm_report import read_runs
 
     args = ["lstm", "classify", "--preset", "tiny", "--methods", "mpo,mpo_gradual", "--out", str(tmp_path), "--no-progress"]
     assert cli.main(args) == 0
@@ -306,7 +306,7 @@ def test_tiny_gradual_truncation_run_ends_at_the_budget(tmp_path):
 
 
 def _check_outputs(out, n_runs):
-    from mpokit.experiments.lstm_report import read_runs
+    from mpokit.recipes.lstm_report import read_runs
 
     rows = read_runs(out / "runs.csv")
     assert len(rows) == n_runs
@@ -331,7 +331,7 @@ def test_tiny_classification_via_cli(tmp_path):
 
 
 def test_tiny_classification_api(tmp_path):
-    from mpokit.experiments.lstm_classification import PRESETS, prepare_data, run_classification
+    from mpokit.recipes.lstm_classification import PRESETS, prepare_data, run_classification
 
     data = prepare_data(PRESETS["tiny"])
     assert data.sizes == {"train": 512, "validation": 128, "test": 128}
@@ -341,7 +341,7 @@ def test_tiny_classification_api(tmp_path):
 
 
 def test_tiny_language_model(tmp_path):
-    from mpokit.experiments.lstm_lm import PRESETS, run_language_model
+    from mpokit.recipes.lstm_lm import PRESETS, run_language_model
 
     run_language_model(PRESETS["tiny"], tmp_path, progress=False)
     rows = _check_outputs(tmp_path, 3)
@@ -353,9 +353,9 @@ def test_tiny_language_model(tmp_path):
 @pytest.mark.parametrize("task", ["classify", "lm"])
 def test_smoke_presets(tmp_path, task):
     if task == "classify":
-        from mpokit.experiments.lstm_classification import PRESETS, run_classification as run
+        from mpokit.recipes.lstm_classification import PRESETS, run_classification as run
     else:
-        from mpokit.experiments.lstm_lm import PRESETS, run_language_model as run
+        from mpokit.recipes.lstm_lm import PRESETS, run_language_model as run
     cfg = PRESETS["smoke"]
     run(cfg, tmp_path, progress=False)
     n = len(cfg.seeds) * (1 + 2 * len(cfg.rates))
@@ -367,7 +367,7 @@ def _row(method, rate, seed, lr, valid, test):
 
 
 def test_learning_rate_selection_uses_validation_only():
-    from mpokit.experiments.lstm_report import learning_rate_table, select_learning_rates
+    from mpokit.recipes.lstm_report import learning_rate_table, select_learning_rates
 
     rows = [
         # mpo rate 10: lr 3e-3 has the better mean validation (71 vs 70) but the worse test: it is still chosen
@@ -388,7 +388,7 @@ def test_learning_rate_selection_uses_validation_only():
 
 def test_learning_rate_grid_runs_each_rate_and_resumes(tmp_path):
     from mpokit import cli
-    from mpokit.experiments.lstm_report import read_runs, write_runs
+    from mpokit.recipes.lstm_report import read_runs, write_runs
 
     args = ["lstm", "classify", "--preset", "tiny", "--methods", "dense,mpo", "--lrs", "1e-3,3e-3",
             "--out", str(tmp_path), "--no-progress"]
@@ -407,8 +407,8 @@ def test_learning_rate_grid_runs_each_rate_and_resumes(tmp_path):
 
 @pytest.mark.parametrize("grid", [(0.0,), (1e-3, -1e-3), (float("nan"),), (1e-3, 1e-3)])
 def test_bad_learning_rate_grid_is_rejected(grid):
-    from mpokit.experiments.lstm_classification import config_from_preset
-    from mpokit.experiments.lstm_lm import config_from_preset as lm_config
+    from mpokit.recipes.lstm_classification import config_from_preset
+    from mpokit.recipes.lstm_lm import config_from_preset as lm_config
 
     for make in (config_from_preset, lm_config):
         with pytest.raises(ValueError, match="lr_grid"):
@@ -417,7 +417,7 @@ def test_bad_learning_rate_grid_is_rejected(grid):
 
 def test_cli_presets_exist_for_both_tasks():
     from mpokit.commands import lstm as command
-    from mpokit.experiments import lstm_classification, lstm_lm
+    from mpokit.recipes import lstm_classification, lstm_lm
 
     assert set(command.PRESETS) == set(lstm_classification.PRESETS) == set(lstm_lm.PRESETS)
     assert lstm_lm.PRESETS["medium"].eval_tokens is None  # the standard valid / test perplexities

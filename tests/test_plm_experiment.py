@@ -1,10 +1,10 @@
-"""The PLM experiment's aggregation (mpokit.experiments.plm_rotten_tomatoes): table columns from per-run reports."""
+"""The PLM experiment's aggregation (mpokit.recipes.plm_rotten_tomatoes): table columns from per-run reports."""
 
 import json
 
 import pytest
 
-from mpokit.experiments.plm_rotten_tomatoes import _without_compression_options, aggregate
+from mpokit.recipes.plm_rotten_tomatoes import _without_compression_options, aggregate
 
 
 def _report(acc: float, seed: int, seconds: float, peak: float) -> dict:

@@ -6,7 +6,7 @@ import pathlib
 import pytest
 import torch
 
-from mpokit.experiments.lstm_classification import config_from_preset
+from mpokit.recipes.lstm_classification import config_from_preset
 
 SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "lstm_training_variants.py"
 

@@ -8,7 +8,7 @@ pytestmark = pytest.mark.filterwarnings("ignore")
 
 
 def test_frontier_runs_every_method_to_its_budget_and_aggregates(tmp_path):
-    from mpokit.experiments.squeeze_frontier import main
+    from mpokit.recipes.squeeze_frontier import main
 
     out = tmp_path / "frontier"
     args = ["--out", str(out), "--seeds", "0", "--budgets", "0.5", "--train-size", "16", "--val-size", "8",
@@ -31,7 +31,7 @@ def test_frontier_runs_every_method_to_its_budget_and_aggregates(tmp_path):
 
 
 def test_frontier_refuses_an_unknown_device(tmp_path):
-    from mpokit.experiments.squeeze_frontier import main
+    from mpokit.recipes.squeeze_frontier import main
 
     with pytest.raises(ValueError, match="unknown device 'tpu0'"):
         main(["--out", str(tmp_path), "--device", "tpu0"])
@@ -49,7 +49,7 @@ def _point(method, budget, accuracy, params=500, ft_steps=4):
 
 
 def test_combine_merges_runs_per_seed_and_refuses_a_point_from_two_runs(tmp_path):
-    from mpokit.experiments.squeeze_frontier import main
+    from mpokit.recipes.squeeze_frontier import main
 
     full = _point("full_ft", 1.0, 0.8, params=1000, ft_steps=0)
     for seed, (acc_sq, acc_pr) in enumerate([(0.70, 0.76), (0.72, 0.78)]):

@@ -18,10 +18,12 @@ from typing import Sequence
 
 # Subcommand modules under mpokit.commands, in the order shown by --help.
 COMMANDS: list[str] = [
-    "decompose",
+    "compress",
     "finetune",
-    "lstm",
+    "evaluate",
     "squeeze",
+    "decompose",
+    "lstm",
 ]
 
 

