@@ -1,1 +1,0 @@
-"""Reproducible experiments (imported on demand; ``import mpokit`` does not load them)."""
