@@ -1,4 +1,5 @@
-"""save_pretrained / from_pretrained: identical outputs, safetensors + JSON only, clear errors for broken checkpoints."""
+"""save_pretrained / from_pretrained: identical outputs for every architecture, safetensors + JSON only, format 1
+still read, clear errors for broken checkpoints (models without a transformers config: test_converters.py)."""
 
 import json
 import os
@@ -6,9 +7,10 @@ import os
 import pytest
 import torch
 
-from _plm_models import logits, tiny_inputs, tiny_model
+from _extra_models import tiny_mpnet
+from _plm_models import ARCHS, logits, tiny_inputs, tiny_model
 from mpokit.config import MPOConfig, MPOLayerConfig
-from mpokit.io import MPO_CONFIG_NAME, WEIGHTS_NAME, CheckpointError, from_pretrained, save_pretrained
+from mpokit.io import FORMAT_VERSION, MPO_CONFIG_NAME, WEIGHTS_NAME, CheckpointError, from_pretrained, save_pretrained
 from mpokit.surgery import MPOTiedLinear, compress, mpo_modules
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -120,3 +122,47 @@ def test_save_is_atomic_overwrite(saved_bert, tmp_path):
     assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
     with pytest.raises(TypeError, match="model must be an nn.Module"):
         save_pretrained({"weight": torch.zeros(2)}, tmp_path)
+
+
+@pytest.mark.parametrize("arch", ARCHS + ("mpnet",))
+def test_every_architecture_round_trips(arch, tmp_path):
+    model = tiny_mpnet() if arch == "mpnet" else tiny_model(arch)
+    compress(model, MPOConfig(ffn=MPOLayerConfig(max_bond=3)))
+    save_pretrained(model, tmp_path)
+    meta = json.loads((tmp_path / MPO_CONFIG_NAME).read_text())
+    assert meta["format_version"] == FORMAT_VERSION == 2 and meta["has_config"] is True
+    assert all("converter" in e for e in meta["modules"] if e["class"] != "MPOTiedLinear")
+    loaded = from_pretrained(tmp_path)
+    inputs = tiny_inputs()
+    assert torch.equal(logits(loaded, inputs), logits(model, inputs))
+    assert [(n, m.bond_dims) for n, m in mpo_modules(loaded)] == [(n, m.bond_dims) for n, m in mpo_modules(model)]
+
+
+def test_a_version_1_checkpoint_still_loads(tmp_path):
+    model = compress(tiny_model("gpt2"), MPOConfig(ffn=MPOLayerConfig(max_bond=4)))
+    save_pretrained(model, tmp_path)
+    meta = json.loads((tmp_path / MPO_CONFIG_NAME).read_text())
+    # what mpokit wrote before format 2: no converter names, no has_config / model_module
+    meta["format_version"] = 1
+    for key in ("has_config", "model_module"):
+        del meta[key]
+    for entry in meta["modules"]:
+        entry.pop("converter", None)
+    (tmp_path / MPO_CONFIG_NAME).write_text(json.dumps(meta))
+    loaded = from_pretrained(tmp_path)
+    assert loaded.transformer.h[0].mlp.c_fc.source_type == "Conv1D" and isinstance(loaded.lm_head, MPOTiedLinear)
+    inputs = tiny_inputs()
+    assert torch.equal(logits(loaded, inputs), logits(model, inputs))
+    meta["format_version"] = 99
+    (tmp_path / MPO_CONFIG_NAME).write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"format_version 99; this mpokit reads versions \(1, 2\)"):
+        from_pretrained(tmp_path)
+
+
+def test_an_unknown_converter_in_a_checkpoint_is_named(saved_bert, tmp_path):
+    folder = _copy(saved_bert[1], tmp_path)
+    meta = json.loads((folder / MPO_CONFIG_NAME).read_text())
+    meta["modules"][0]["converter"] = "Conv3d"
+    (folder / MPO_CONFIG_NAME).write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"was converted by 'Conv3d', which is not a registered converter"):
+        from_pretrained(folder)

@@ -244,3 +244,14 @@ def test_dtype_and_device_are_kept():
     for _, m in mpo_modules(model):
         assert all(c.dtype == torch.float64 and c.device.type == "cpu" for c in m.cores)
     assert (logits(model, inputs) - ref).abs().max() <= 1e-10
+
+
+def test_compress_validates_a_config_changed_after_construction():
+    cfg = MPOConfig()
+    cfg.trainable = "foo"
+    with pytest.raises(ValueError, match="trainable must be one of"):
+        compress(tiny_model("bert"), cfg)
+    cfg = MPOConfig()
+    cfg.attention.max_bond = 0
+    with pytest.raises(ValueError, match="max_bond must be an int >= 1, got 0"):
+        compress(tiny_model("bert"), cfg)

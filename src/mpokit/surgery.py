@@ -170,7 +170,7 @@ class CompressionReport:
             lines.append(
                 f"{r.name:<{w}} {r.kind:<9} {'x'.join(map(str, r.shape)):>12} {str(r.out_modes):>16} "
                 f"{str(r.in_modes):>16} {str(r.bond_dims):>20} {r.params_before:>10,} {r.params_after:>10,} "
-                f"{r.rel_error_bound:>9.2e}  {why:<{rw}}"
+                f"{r.rel_error_bound:>9.2e}  {why}"
             )
         lines.append("-" * len(head))
         mb, ma = self.matrix_params_before, self.matrix_params_after

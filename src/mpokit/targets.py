@@ -130,7 +130,7 @@ _ATTENTION = re.compile(
 )
 _FFN = re.compile(
     r".*(mlp|ffn|feed_?forward|intermediate).*|c?fc\d*|fc_(in|out)|(gate|up|down)(_proj)?|w[123]|wi(_[01])?|wo"
-    r"|lin[12]|dense_h_to_4h|dense_4h_to_h|experts?"
+    r"|lin[12]|dense_h_to_4h|dense_4h_to_h|experts?|output"
 )
 
 
@@ -140,7 +140,8 @@ def guess_kind(name: str) -> str:
     A dotted component naming attention (``attn``, ``attention``, ``q_proj`` ...
     ``o_proj``, ``query``/``key``/``value``, ``q``/``k``/``v``/``o``) makes it
     attention; else one naming the feed-forward block (``mlp``, ``ffn``,
-    ``intermediate``, ``fc1``, ``gate_proj``/``up_proj``/``down_proj``, ``lin1``) ffn.
+    ``intermediate``, ``fc1``, ``gate_proj``/``up_proj``/``down_proj``, ``lin1``, and
+    ``output``, BERT-style models' FFN output ``layer.0.output.dense``) ffn.
     Example: ``"model.layers.0.self_attn.q_proj"`` -> ``"attention"``,
     ``"model.layers.0.mlp.up_proj"`` -> ``"ffn"``.
     """
