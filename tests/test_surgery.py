@@ -45,10 +45,11 @@ def test_full_bond_outputs_equal_original(arch):
 
 @pytest.fixture(scope="module")
 def minilm():
-    from mpokit.finetuning import build_model
+    from mpokit.loading import load_model
+    from mpokit.pretrained import default_model_path
 
-    model, tok, _ = build_model("full", seed=0)
-    return model.eval(), tok
+    loaded = load_model(default_model_path(), task="classify", num_labels=2, seed=0)
+    return loaded.model.eval(), loaded.tokenizer
 
 
 def test_real_minilm_full_bond_outputs_equal_original(minilm):
