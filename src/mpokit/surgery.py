@@ -27,7 +27,6 @@ weight is transposed on the way in and back on the way out.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -38,7 +37,7 @@ from .config import MPOConfig
 from .converters import CONVERTERS, convert, converted_modules, detach_weight
 from .layers.base import MPOModule
 from .targets import ARCHITECTURES, ArchitectureDefaults, Target, find_targets, register_architecture, resolve_targets
-from .targets import _resolve
+from .targets import _call, _name_of, _resolve, _warn_unmatched
 
 __all__ = [
     "ArchitectureDefaults",
@@ -199,23 +198,6 @@ def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
-def _module_name(model: nn.Module, target: nn.Module) -> str | None:
-    for name, m in model.named_modules(remove_duplicate=False):
-        if m is target:
-            return name
-    return None
-
-
-def _output_embeddings(model: nn.Module) -> nn.Module | None:
-    fn = getattr(model, "get_output_embeddings", None)
-    if not callable(fn):
-        return None
-    try:
-        return fn()
-    except (NotImplementedError, AttributeError):
-        return None
-
-
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     """Number of distinct parameters (shared ones counted once)."""
     seen, total = set(), 0
@@ -242,11 +224,9 @@ def compress(model: nn.Module, config: MPOConfig | None = None, *, return_report
     """
     config = MPOConfig() if config is None else config
     targets, unmatched = _resolve(model, config)
-    for entry in unmatched:
-        warnings.warn(f"target_modules entry {entry!r} matches no module that mpokit can convert "
-                      f"(names are matched exactly or as a dotted suffix, e.g. 'query')", stacklevel=2)
+    _warn_unmatched(unmatched)
     report = CompressionReport(model_params_before=count_parameters(model), unmatched=list(unmatched))
-    out_emb = _output_embeddings(model)
+    out_emb = _call(model, "get_output_embeddings")
     for target in targets:
         _compress_one(model, target, config, out_emb, report)
     report.model_params_after = count_parameters(model)
@@ -269,7 +249,7 @@ def _compress_one(model: nn.Module, target: Target, config: MPOConfig, out_emb, 
     conv = CONVERTERS[target.converter]
     name = target.name
     head = _tied_head(target, out_emb)
-    head_name = _module_name(model, head) if head is not None else None
+    head_name = _name_of(model, head)
     if head is not None:
         if config.tied_embeddings == "error":
             raise ValueError(

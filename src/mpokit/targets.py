@@ -159,6 +159,7 @@ def guess_kind(name: str) -> str:
 
 
 def _call(model: nn.Module, method: str):
+    """``model.<method>()`` (e.g. ``get_output_embeddings``), or None when the model has no such method or it is not implemented."""
     fn = getattr(model, method, None)
     if not callable(fn):
         return None
@@ -169,6 +170,7 @@ def _call(model: nn.Module, method: str):
 
 
 def _name_of(model: nn.Module, target: nn.Module | None) -> str | None:
+    """The qualified name of ``target`` in ``model`` (shared modules included), or None."""
     if target is None:
         return None
     for name, m in model.named_modules(remove_duplicate=False):
