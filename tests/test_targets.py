@@ -129,6 +129,7 @@ def test_head_module_names_and_guess_kind():
     for name, kind in (("model.layers.0.self_attn.q_proj", "attention"), ("h.0.attn.c_proj", "attention"),
                        ("encoder.block.0.layer.0.SelfAttention.o", "attention"), ("model.layers.1.mlp.up_proj", "ffn"),
                        ("transformer.h.0.mlp.c_fc", "ffn"), ("layer.3.output.dense", "ffn"), ("blocks.0.fc1", "ffn"),
+                       ("encoder.layer.0.attention.output.dense", "attention"), ("blocks.0.mlp.out_proj", "ffn"),
                        ("pooler.dense", "other"), ("lstm", "other")):
         assert guess_kind(name) == kind, name
 

@@ -85,6 +85,8 @@ def structure_manifest(model: nn.Module) -> list[dict]:
             raise TypeError(f"cannot save MPO module {name!r} of type {type(m).__name__}: no converter owns it "
                             f"(registered: {sorted(CONVERTERS)}; mpokit.converters.register_converter adds one)")
         if isinstance(m, MPOTiedLinear):
+            if id(m.embedding) not in holders:
+                raise TypeError(f"cannot save {name!r}: it is tied to an MPO embedding that is not part of the model")
             out.append({"name": name, "class": "MPOTiedLinear", "embedding": holders[id(m.embedding)],
                         "bias": m.bias is not None})
     return out

@@ -137,19 +137,21 @@ _FFN = re.compile(
 def guess_kind(name: str) -> str:
     """``"attention"``, ``"ffn"`` or ``"other"`` from a module name (PEFT-style name heuristics).
 
-    A dotted component naming attention (``attn``, ``attention``, ``q_proj`` ...
-    ``o_proj``, ``query``/``key``/``value``, ``q``/``k``/``v``/``o``) makes it
-    attention; else one naming the feed-forward block (``mlp``, ``ffn``,
-    ``intermediate``, ``fc1``, ``gate_proj``/``up_proj``/``down_proj``, ``lin1``, and
-    ``output``, BERT-style models' FFN output ``layer.0.output.dense``) ffn.
+    The outermost dotted component that names a block decides: one naming
+    attention (``attn``, ``attention``, ``q_proj`` ... ``o_proj``,
+    ``query``/``key``/``value``, ``q``/``k``/``v``/``o``) makes it attention, one
+    naming the feed-forward block (``mlp``, ``ffn``, ``intermediate``, ``fc1``,
+    ``gate_proj``/``up_proj``/``down_proj``, ``lin1``, and ``output``, BERT-style
+    models' FFN output ``layer.0.output.dense``) ffn; so ``attention.output.dense``
+    is attention and ``mlp.out_proj`` ffn.
     Example: ``"model.layers.0.self_attn.q_proj"`` -> ``"attention"``,
     ``"model.layers.0.mlp.up_proj"`` -> ``"ffn"``.
     """
-    parts = [p.lower() for p in name.split(".")]
-    if any(_ATTENTION.fullmatch(p) for p in parts):
-        return "attention"
-    if any(_FFN.fullmatch(p) for p in parts):
-        return "ffn"
+    for part in name.lower().split("."):  # the outermost marking component decides: attention.output.dense
+        if _ATTENTION.fullmatch(part):
+            return "attention"
+        if _FFN.fullmatch(part):
+            return "ffn"
     return "other"
 
 
