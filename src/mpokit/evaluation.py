@@ -30,19 +30,48 @@ def load_for_evaluation(source: str, task: str):
         if not base_file.is_file():
             raise ValueError(f"{folder} is a PEFT adapter folder without {BASE_SOURCE_NAME} (where its base model "
                              "lives); evaluate adapters written by `mpokit finetune --method lora`")
-        base = json.loads(base_file.read_text())
-        base_path = Path(base["path"])
+        try:
+            base = json.loads(base_file.read_text())
+            base_path = Path(base["path"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{base_file} is not a valid {BASE_SOURCE_NAME} ({type(exc).__name__}: {exc}); it "
+                             "should hold the base model's path, as `mpokit finetune --method lora` writes it") from None
+        if not base_path.is_absolute() and not base_path.exists() and (folder / base_path).exists():
+            base_path = folder / base_path  # a relative path written elsewhere: try it beside the adapter
+        if not base_path.exists():
+            raise FileNotFoundError(f"the base model of the adapter {str(folder)!r} does not exist: {BASE_SOURCE_NAME} "
+                                    f"names {str(base_path)!r}; put the base model back there, or edit the \"path\" "
+                                    f"in {base_file}")
         if base.get("gguf_file") and base_path.is_dir():
             base_path = base_path / base["gguf_file"]
-        loaded = load_model(base_path, task=task, with_tokenizer=False,
-                            **_head_of(folder) if task == "classify" else {})
+        loaded = load_model(base_path, task=task, with_tokenizer=False, **_adapter_labels(folder, base, task))
         from peft import PeftModel
-        from .loading import load_tokenizer
 
         model = PeftModel.from_pretrained(loaded.model, str(folder)).eval()
-        return model, load_tokenizer(folder), "peft"
+        return model, _adapter_tokenizer(folder), "peft"
     loaded = load_model(source, task=task)
     return loaded.model, loaded.tokenizer, loaded.kind
+
+
+def _adapter_tokenizer(folder: Path):
+    """The tokenizer saved beside an adapter (an adapter folder is no model source for load_tokenizer)."""
+    from .loading import ModelSource, _check_tokenizer_files, _read_tokenizer
+
+    src = ModelSource("transformers", folder, folder)
+    _check_tokenizer_files(src)
+    return _read_tokenizer(src)
+
+
+def _adapter_labels(folder: Path, base: dict, task: str) -> dict:
+    """Head size and class names of an adapter's classifier: the saved head decides the size, ``id2label``
+    in ``mpokit_base.json`` (written since it records them) the names, so labels are aligned as for other models."""
+    if task != "classify":
+        return {}
+    head = _head_of(folder)
+    names = base.get("id2label")
+    if isinstance(names, dict) and (not head or head["num_labels"] == len(names)):
+        return {"id2label": names}
+    return head
 
 
 def _head_of(adapter_folder: Path) -> dict:
@@ -80,10 +109,13 @@ def align_labels(model, data) -> None:
         raise ValueError(f"the data has classes {unknown} that the model does not know; its classes are {names}")
     mapping = [index[str(n)] for n in data.label_names]
     column = data.label_column
-    for split, ds in data.splits().items():
-        ds = ds.map(lambda row: {column: mapping[row[column]]}, features=ds.features.copy())
-        ds = ds.cast_column(column, datasets.ClassLabel(names=[str(n) for n in names]))
-        setattr(data, split, ds)
+    from .data.sources import _quiet_progress
+
+    with _quiet_progress():
+        for split, ds in data.splits().items():
+            features = ds.features.copy()  # the model's classes: ids may exceed the data's own class count
+            features[column] = datasets.ClassLabel(names=[str(n) for n in names])
+            setattr(data, split, ds.map(lambda row: {column: mapping[row[column]]}, features=features))
     data.label_names = [str(n) for n in names]
 
 
@@ -110,7 +142,11 @@ def evaluate_model(source: str, spec, *, batch_size: int = 64, progress: bool = 
         chosen["data"] = DataLoader(loaders.train.dataset, batch_size=batch_size, shuffle=False,
                                     collate_fn=loaders.train.collate_fn)
     results = {s: task.evaluate(model, dl, progress=s if progress else False) for s, dl in chosen.items()}
+
+    def evaluated(per_split: dict) -> dict:  # the splits evaluated, the training file named "data"
+        return {("data" if s == "train" else s): v for s, v in per_split.items()
+                if s in chosen or (s == "train" and "data" in chosen)}
+
     return {"model": str(source), "task": task.name, "kind": kind, "splits": results,
-            "sizes": {("data" if s == "train" else s): n for s, n in loaders.sizes.items()
-                      if s in chosen or (s == "train" and "data" in chosen)},
-            "encoding": loaders.stats, "data": spec.to_dict(), "seconds": time.perf_counter() - t0}
+            "sizes": evaluated(loaders.sizes), "encoding": evaluated(loaders.stats), "data": spec.to_dict(),
+            "seconds": time.perf_counter() - t0}

@@ -21,6 +21,17 @@ def size(text: str) -> int | None:
     return value
 
 
+def threads(text: str) -> int:
+    """An int >= 1 (torch refuses 0 and negative thread counts later, with a RuntimeError)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text!r}; e.g. 4") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {value}; e.g. 4")
+    return value
+
+
 def fraction(text: str) -> float:
     try:
         value = float(text)
@@ -81,5 +92,5 @@ def data_settings(args: argparse.Namespace) -> dict:
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=threads, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars: one log line per epoch / phase")

@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from ..atomic import atomic_write_text, check_output_dir
     from ..config import MPOConfig, MPOLayerConfig
     from ..inputs import DataSpec, read_data
-    from ..loading import load_model
+    from ..loading import identify_source, load_model
     from ..recipes.models import resolve_model_source
     from ..surgery import compress
 
@@ -69,14 +69,17 @@ def run(args: argparse.Namespace) -> int:
                        attention=layer, ffn=layer, other=layer, trainable=args.trainable)
     if args.threads:
         torch.set_num_threads(args.threads)
+    source = resolve_model_source(args.model, default=None)
+    if identify_source(source).kind == "mpokit":  # before reading the data or any weights
+        raise ValueError(f"--model {args.model} is already an mpokit (MPO) checkpoint; compress its dense source model "
+                         f"instead, or fine-tune this one: mpokit finetune --model {args.model} --data ...")
     task, kwargs = args.task, {}
     if args.data is not None:
         data, task_obj = read_data(DataSpec(**data_settings(args)))
         task, kwargs = task_obj.name, task_obj.model_kwargs(data)
-    source = resolve_model_source(args.model, default=None)
     loaded = load_model(source, task=task or _natural_task(source), seed=args.seed, **kwargs)
     if loaded.info.get("mpo"):
-        raise ValueError(f"{args.model} is already an mpokit (MPO) checkpoint; compress its dense source model instead")
+        raise ValueError(f"{args.model} already holds MPO layers; compress its dense source model instead")
     t0 = time.perf_counter()
     model, report = compress(loaded.model, config, return_report=True)
     seconds = time.perf_counter() - t0

@@ -18,7 +18,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                               description=__doc__.split("\n\n")[1].replace("\n", " "))
     add_model_option(p, default=None, help_default="required")
     add_data_options(p, default_data=None)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="evaluation batch size (default 64)")
     p.add_argument("--out", default=None, metavar="FILE", help="write the metrics as JSON here (default: print only)")
     add_run_options(p)
     p.set_defaults(func=run)
@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from ..atomic import atomic_write_text, check_output_dir
+    from ..atomic import atomic_write_text
     from ..evaluation import evaluate_model
     from ..inputs import DataSpec
     from ..recipes.models import resolve_model_source
@@ -38,8 +38,10 @@ def run(args: argparse.Namespace) -> int:
     if args.model is None:
         raise ValueError("--model is required: a model folder, an mpokit checkpoint, a LoRA folder written by "
                          "`mpokit finetune --method lora`, or a .gguf file; e.g. --model runs/finetune/best")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be an int >= 1, got {args.batch_size}; e.g. --batch-size 64")
     if args.out is not None:
-        check_output_dir(args.out, "--out") if not args.out.endswith(".json") else None
+        _check_metrics_file(args.out)
     spec = DataSpec(**data_settings(args))
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -52,3 +54,20 @@ def run(args: argparse.Namespace) -> int:
         atomic_write_text(args.out, json.dumps(result, indent=2, default=str))
         print(f"metrics: {args.out}")
     return 0
+
+
+def _check_metrics_file(path: str) -> None:
+    """``--out`` names a file that can be written: not a folder, and no file in the way of its folder."""
+    from pathlib import Path
+
+    from ..atomic import check_output_dir
+
+    out = Path(path)
+    if out.is_dir():
+        raise ValueError(f"--out {path!r} is a folder; --out names the JSON file of the metrics, e.g. "
+                         f"--out {str(out / 'metrics.json')!r}")
+    try:
+        check_output_dir(out.parent, "--out")
+    except ValueError:
+        raise ValueError(f"--out {path!r} cannot be written: a file is in the way of its folder {str(out.parent)!r}; "
+                         "e.g. --out metrics.json") from None

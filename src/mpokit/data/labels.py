@@ -17,7 +17,8 @@ Class ids (``task="classify"``):
 * booleans: ``False`` -> 0, ``True`` -> 1.
 
 Checks (each a :class:`~mpokit.data.sources.DataError` naming the split and row, 0-based, header not
-counted): missing labels (None, NaN or empty strings); a single class in training; a validation or test
+counted): missing labels (None, NaN or empty strings, and ``nan`` / ``NA`` / ``null`` / ``inf`` among numbers
+read as text from a CSV); a single class in training; a validation or test
 label that never occurs in training; regression labels that are not finite numbers.
 
 * :data:`TASK_NAMES`: ``("classify", "regress", "lm")``.
@@ -83,6 +84,32 @@ def _check_present(values: list, split: str, column: str) -> None:
                 f"e.g. 'pos' or 1 (drop or fill that row)")
 
 
+# How a missing number is spelled in a text file; CSV/TSV readers keep these as text (only an empty cell is missing).
+_MISSING_NUMBER = frozenset({"nan", "na", "n/a", "null", "none", "inf", "-inf", "+inf", "infinity", "-infinity"})
+
+
+def _check_numbers_as_text(values: list, split: str, column: str) -> None:
+    """Numbers read as text because some cells say ``nan`` / ``NA`` / ``null`` / ``inf``: those rows have no
+    usable label (without this, ``nan`` would become a class of its own and the numbers class names)."""
+    odd, numbers = None, 0
+    for row, value in enumerate(values):
+        if not isinstance(value, str):
+            return
+        text = value.strip()
+        if text.lower() in _MISSING_NUMBER:
+            odd = (row, value) if odd is None else odd
+            continue
+        try:
+            float(text)
+        except ValueError:
+            return  # a real text label: classes
+        numbers += 1
+    if odd is not None and numbers:
+        raise DataError(
+            f"{split} row {odd[0]} has no usable label ({odd[1]!r}) in column {column!r}, whose other labels are "
+            f"numbers; every row needs a finite label, e.g. 0.75 or 1 (drop or fill that row)")
+
+
 def encode_labels(task: str, columns: dict[str, list], features: dict, column: str) -> Labels:
     """Class ids or floats for ``columns[split]`` (the raw label values; ``"train"`` required).
 
@@ -90,6 +117,7 @@ def encode_labels(task: str, columns: dict[str, list], features: dict, column: s
     """
     for split, values in columns.items():
         _check_present(values, split, column)
+        _check_numbers_as_text(values, split, column)
     if task == "classify":
         return _encode_classes(columns, features, column)
     if task == "regress":

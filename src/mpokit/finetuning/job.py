@@ -50,6 +50,8 @@ def finetune(config: FinetuneConfig | None = None, **overrides) -> dict[str, Any
     set_seed(config.seed)
     spec = config.data_spec()
     data, task = read_data(spec)
+    if data.validation is None and not config.compress_only:  # before the model is loaded
+        raise ValueError("the data has no validation split; give --validation-data F or --validation-split 0.1")
     model, tokenizer, info = load_for_task(config, task, data)
     if config.compress_only:
         return _compress_only(model, tokenizer, info, out, accelerator)
@@ -154,9 +156,10 @@ def load_for_task(config: FinetuneConfig, task, data):
     task.check_model(loaded.model, data)
     model, info = prepare_model(loaded.model, config.method, task=task.name, param_ratio=config.param_ratio,
                                 max_bond=config.max_bond, lora_rank=config.lora_rank)
-    info.update(model_path=str(loaded.path), source={"path": str(loaded.path), "kind": loaded.kind,
-                                                     "task": task.name, **{k: v for k, v in loaded.info.items()
-                                                                           if k == "gguf_file"}})
+    source = {"path": str(Path(loaded.path).resolve()), "kind": loaded.kind, "task": task.name,
+              **{k: v for k, v in loaded.info.items() if k == "gguf_file"},
+              **({"id2label": kwargs["id2label"]} if "id2label" in kwargs else {})}  # class names of a LoRA head
+    info.update(model_path=str(loaded.path), source=source)
     return model.train(), loaded.tokenizer, info
 
 

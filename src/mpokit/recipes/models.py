@@ -114,6 +114,7 @@ def resolve_model_source(text_or_none: str | os.PathLike | None, default: str | 
     path = Path(text_or_none).expanduser()
     if not path.exists():
         raise ModelNotFoundError(
-            f"{str(text_or_none)!r} is neither a registered model name ({', '.join(sorted(NAMED_MODELS))}) nor an "
-            "existing model folder or .gguf file")
+            f"model {str(text_or_none)!r} does not exist: there is no such file or folder, and it is not a registered "
+            f"model name ({', '.join(sorted(NAMED_MODELS))}); pass a model folder or .gguf file, e.g. --model "
+            "runs/finetune/best (Hub names are not downloaded)")
     return str(path)
