@@ -2,7 +2,8 @@
 
 ``W (out_features, in_features) ~= U V`` with ``U (out, r) = U_r sqrt(S_r)`` and
 ``V (r, in) = sqrt(S_r) Vh_r``; :class:`LowRankLinear` applies ``x V^T U^T + b`` and trains
-both factors. :func:`allocate_ranks` (pure) splits a budget across matrices: ``"global"``
+both factors. transformers' ``Conv1D`` (GPT-2; ``y = x W_c + b`` with ``W_c (in, out)``) is the
+linear map of ``W = W_c^T`` and is factorised the same way. :func:`allocate_ranks` (pure) splits a budget across matrices: ``"global"``
 keeps the rank-1 components with the largest ``sigma^2 / (out + in)`` (least squared
 Frobenius error per parameter), ``"uniform"`` gives every matrix the same fraction.
 """
@@ -10,6 +11,7 @@ Frobenius error per parameter), ``"uniform"`` gives every matrix the same fracti
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -19,6 +21,23 @@ from torch import nn
 __all__ = ["LowRankLinear", "LowRankResult", "allocate_ranks", "lowrank_", "ALLOCATIONS"]
 
 ALLOCATIONS = ("global", "uniform")
+
+
+def _is_conv1d(module: nn.Module) -> bool:
+    """Whether ``module`` is transformers' ``Conv1D`` (looked up only if transformers is loaded)."""
+    utils = sys.modules.get("transformers.pytorch_utils")
+    cls = getattr(utils, "Conv1D", None) if utils is not None else None
+    return cls is not None and isinstance(module, cls)
+
+
+def _is_linear_map(module) -> bool:
+    return isinstance(module, nn.Linear) or (isinstance(module, nn.Module) and _is_conv1d(module))
+
+
+def _dense_weight(module: nn.Module) -> torch.Tensor:
+    """The ``(out_features, in_features)`` weight of an nn.Linear or a ``Conv1D`` (whose weight is stored transposed)."""
+    w = module.weight.detach()
+    return w.t() if _is_conv1d(module) else w
 
 
 class LowRankLinear(nn.Module):
@@ -37,17 +56,20 @@ class LowRankLinear(nn.Module):
 
     @classmethod
     @torch.no_grad()
-    def from_linear(cls, linear: nn.Linear, rank: int) -> "LowRankLinear":
-        """Truncated SVD of ``linear.weight`` at ``rank`` (Eckart-Young optimal); bias, dtype, device kept."""
-        if not isinstance(linear, nn.Linear):
-            raise TypeError(f"from_linear needs an nn.Linear, got {type(linear).__name__}; e.g. nn.Linear(384, 1536)")
-        w = linear.weight.detach()
+    def from_linear(cls, linear: nn.Module, rank: int) -> "LowRankLinear":
+        """Truncated SVD of the linear map of ``linear`` (an nn.Linear, or transformers' ``Conv1D``) at ``rank``
+        (Eckart-Young optimal); bias, dtype, device kept."""
+        if not _is_linear_map(linear):
+            raise TypeError(f"from_linear needs an nn.Linear or a transformers Conv1D, got {type(linear).__name__}; "
+                            f"e.g. nn.Linear(384, 1536)")
+        w = _dense_weight(linear)  # (out, in)
         full = min(w.shape)
         if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= full:
             raise ValueError(f"rank must be an int in [1, {full}] for a {tuple(w.shape)} weight, got {rank!r}; e.g. rank={max(1, full // 4)}")
         u, s, vh = torch.linalg.svd(w.double(), full_matrices=False)
         root = s[:rank].sqrt()
-        layer = cls(linear.in_features, linear.out_features, rank, bias=linear.bias is not None, device=w.device, dtype=w.dtype)
+        out_features, in_features = w.shape
+        layer = cls(in_features, out_features, rank, bias=linear.bias is not None, device=w.device, dtype=w.dtype)
         layer.left.copy_((u[:, :rank] * root).to(w.dtype))
         layer.right.copy_((root[:, None] * vh[:rank]).to(w.dtype))
         if linear.bias is not None:
@@ -136,17 +158,18 @@ def lowrank_(
     target_ratio: float | None = None,
     allocation: str = "global",
 ) -> LowRankResult:
-    """Replace each target nn.Linear by a :class:`LowRankLinear` so the factors fit the budget.
+    """Replace each target nn.Linear (or ``Conv1D``) by a :class:`LowRankLinear` so the factors fit the budget.
 
     ``target_ratio`` is relative to the dense entries of the targets. Returns the ranks.
     """
     modules = dict(model.named_modules())
     if isinstance(targets, str):
         targets = [targets]
-    bad = [t for t in targets if not isinstance(modules.get(t), nn.Linear)]
+    bad = [t for t in targets if not _is_linear_map(modules.get(t))]
     if bad:
-        sample = [n for n, m in modules.items() if isinstance(m, nn.Linear)][:3]
-        raise ValueError(f"unknown target(s) {bad}: not nn.Linear modules of this model; valid names e.g. {sample}")
+        sample = [n for n, m in modules.items() if _is_linear_map(m)][:3]
+        raise ValueError(f"unknown target(s) {bad}: not nn.Linear / Conv1D modules of this model; valid names e.g. "
+                         f"{sample}")
     dense = sum(modules[t].weight.numel() for t in targets)
     if target_params is not None and target_ratio is not None:
         raise ValueError(f"give one budget, got target_params={target_params!r} and target_ratio={target_ratio!r}; e.g. target_ratio=0.5")
@@ -156,7 +179,8 @@ def lowrank_(
         target_params = int(math.floor(target_ratio * dense))
     if isinstance(target_params, bool) or not isinstance(target_params, int):
         raise ValueError(f"lowrank_ needs a budget: target_params (int) or target_ratio, got {target_params!r}; e.g. target_ratio=0.5")
-    spectra = {t: (torch.linalg.svdvals(modules[t].weight.detach().double()), modules[t].out_features, modules[t].in_features) for t in targets}
+    weights = {t: _dense_weight(modules[t]) for t in targets}  # (out, in) each
+    spectra = {t: (torch.linalg.svdvals(w.double()), w.shape[0], w.shape[1]) for t, w in weights.items()}
     ranks = allocate_ranks(spectra, target_params, allocation)
     for t in targets:
         _set_submodule(model, t, LowRankLinear.from_linear(modules[t], ranks[t]))

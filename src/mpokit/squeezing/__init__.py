@@ -3,7 +3,7 @@
 Squeezing compresses a model that holds MPO layers (any :class:`mpokit.layers.MPOModule`)
 gradually:
 
-1. evaluate the task loss ``p`` on held-out batches;
+1. evaluate ``p`` on held-out batches (the task loss by default, see ``monitor``);
 2. re-gauge every candidate matrix (``layer.mpo()`` = :meth:`MPO.from_cores`), so its
    singular values are those of its *current* (trained) cores;
 3. propose, for every matrix, its next cut: the bonds of the central core
@@ -19,11 +19,14 @@ Modules, from the bottom up:
 
 * :mod:`.selection`: which cut, from singular values alone (pure; the error bounds live here);
 * :mod:`.modules`: MPO layers of a model, their spectra, budgets, LFA trainability, the optimizer;
-* :mod:`.training`: fine-tuning and evaluation between cuts;
+* :mod:`.training`: fine-tuning and evaluation between cuts (the metrics of :mod:`mpokit.tasks`:
+  classify, regress, lm; ``(x, y)`` tuple batches as classification);
 * :mod:`.checkpoint` and :mod:`.log`: safetensors + JSON checkpoints (written atomically, RNG
   state as plain integers) and the step log / plot;
 * :mod:`.algorithm` (:func:`squeeze`) and :mod:`.direct` (:func:`truncate_directly`);
-* :mod:`.budget`: :func:`compress_to_budget`, every method (squeezing and its baselines) to one budget.
+* :mod:`.budget`: :func:`compress_to_budget`, every method (squeezing and its baselines) to one budget;
+* :mod:`.source`: the source model's identity (path, SHA-256 of its weights) and whether it already has
+  the task's head, from its files alone (used by ``mpokit squeeze``).
 """
 
 from .algorithm import SqueezeResult, squeeze
@@ -32,7 +35,8 @@ from .direct import DirectResult, truncate_directly
 from .log import plot_squeeze_log
 from .modules import find_mpo_modules, min_squeezable_params, resolve_budget, spectra_of
 from .selection import SCORES, Cut, MatrixSpectrum, allocate_direct, central_bonds, propose_cut, select_cuts
-from .training import evaluate, finetune
+from .source import source_identity, task_head
+from .training import evaluate, finetune, resolve_task
 
 __all__ = [
     "SCORES",
@@ -52,6 +56,9 @@ __all__ = [
     "truncate_directly",
     "finetune",
     "evaluate",
+    "resolve_task",
+    "source_identity",
+    "task_head",
     "plot_squeeze_log",
     "COMPRESSION_METHODS",
     "compress_to_budget",

@@ -17,14 +17,15 @@ from .checkpoint import load_state, restore_model, save_state
 from .log import plot_squeeze_log, write_log
 from .modules import find_mpo_modules, resolve_budget, set_lfa_trainable, spectra_of
 from .selection import Cut, check_score, check_step_size, select_cuts
-from .training import check_training_settings, evaluate, run_steps
+from .training import check_training_settings, evaluate, resolve_task, run_steps
 
 __all__ = ["SqueezeResult", "squeeze"]
 
 
 @dataclass
 class SqueezeResult:
-    """What :func:`squeeze` did. ``rows[0]`` is the starting point (step 0)."""
+    """What :func:`squeeze` did. ``rows[0]`` is the starting point (step 0); ``initial`` and ``final`` are the
+    held-out metrics before squeezing and of the last accepted step."""
 
     model: nn.Module
     rows: list[dict]
@@ -58,6 +59,7 @@ def squeeze(
     train_batches: Sequence,
     eval_batches: Sequence | None = None,
     eval_fn: Callable[[nn.Module], Mapping[str, float]] | None = None,
+    task=None,
     loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None,
     delta: float | None = None,
     target_params: int | None = None,
@@ -81,6 +83,7 @@ def squeeze(
     seed: int = 0,
     on_step: Callable[[nn.Module, dict, torch.optim.Optimizer | None], None] | None = None,
     progress: bool = False,
+    identity: Mapping | None = None,
 ) -> SqueezeResult:
     """Dimension squeezing (MPOP Algorithm 2) of every MPO layer of ``model``, in place.
 
@@ -88,11 +91,15 @@ def squeeze(
         train_batches: a sequence of batches (dicts with ``labels`` for HF models, or
             ``(x, y)`` tuples); step ``t`` of fine-tuning uses ``train_batches[t % len]``,
             so a resumed run sees the same batches.
-        eval_batches / eval_fn: held-out batches, or a callable ``model -> {"loss", "accuracy"}``.
+        eval_batches / eval_fn: held-out batches, scored by :func:`~mpokit.squeezing.evaluate`
+            with ``task``, or a callable ``model -> {metric: value}`` (with the ``monitor`` metric).
+        task: ``"classify"`` (default), ``"regress"``, ``"lm"`` or a :class:`mpokit.tasks.Task`: the
+            metrics of ``eval_batches`` (the task's loss, and its primary metric, also plotted).
         loss_fn: ``(model, batch) -> loss``; default HF ``out.loss`` or cross-entropy.
-        delta: stop when ``|p - p~| > delta`` (``p`` = monitored metric before squeezing).
-            With ``rollback`` the violating cut is undone (the returned model is the last
-            one within delta).
+        delta: stop when ``|p - p~| > delta`` (``p`` = the ``monitor`` metric before squeezing,
+            by default the task loss). With ``rollback`` the violating cut is undone (the
+            returned model is the last one within delta).
+        monitor: the held-out metric that ``delta`` bounds (default ``"loss"``).
         target_params / target_ratio: parameter budget of the MPO matrices (absolute, or a
             fraction of their dense size); cutting continues until it is met.
         max_steps: at most this many cut steps.
@@ -108,6 +115,11 @@ def squeeze(
         checkpoint_dir: resume from / save to this folder (safetensors + JSON).
         log_path: write ``<log_path>.json`` and ``<log_path>.csv``; plot_path: PNG.
         on_step: called after every step as ``on_step(model, row, optimizer)``.
+        identity: JSON fields that name what is squeezed (e.g. the source model's path and hash and the
+            data); saved in the checkpoint, and a checkpoint saved under another identity is refused.
+
+    Rows (the log) hold the step, the cuts, the parameters, the bounds, the training loss, the held-out
+    ``loss``, the ``monitored`` value and every held-out metric under ``metrics``, and ``accepted``.
     """
     check_training_settings(delta, max_steps, finetune_steps, lr, mpo_lr, monitor)
     check_step_size(step_size)
@@ -118,13 +130,15 @@ def squeeze(
         raise ValueError("nothing would stop the squeeze sensibly: give delta, a budget or max_steps > 0")
     has_budget = target_params is not None or target_ratio is not None
     budget = resolve_budget(modules, target_params, target_ratio) if has_budget else None
-    eval_fn = eval_fn or (lambda m: evaluate(m, eval_batches))
+    task_obj = resolve_task(task)
+    eval_fn = eval_fn or (lambda m: evaluate(m, eval_batches, task_obj))
     loss_fn = loss_fn or default_loss
     dense_total = sum(m.dense_params for m in modules.values())
     settings = {
         "delta": delta, "budget": budget, "max_steps": max_steps, "step_size": step_size,
         "matrices_per_step": matrices_per_step, "score": score, "monitor": monitor, "finetune_steps": finetune_steps,
         "lr": lr, "mpo_lr": mpo_lr, "weight_decay": weight_decay, "seed": seed, "targets": sorted(modules),
+        "task": None if task is None else task_obj.name, "identity": _json_ready(identity),
     }
 
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
@@ -133,8 +147,9 @@ def squeeze(
         torch.manual_seed(seed)
         set_lfa_trainable(modules)
         p0 = dict(eval_fn(model))
+        _check_monitored(p0, monitor)
         params = _mpo_params(modules)
-        row = _row(0, [], params, dense_total, 0.0, modules, None, p0, True)
+        row = _row(0, [], params, dense_total, 0.0, modules, None, p0, monitor, True)
         run = _Progress(rows=[row], step=0, pos=0, p0=p0, stop_reason=None, ft_total=0)
         if on_step is not None:
             on_step(model, row, None)
@@ -161,7 +176,8 @@ def squeeze(
         metrics = dict(eval_fn(model))
         run.step += 1
         accepted = delta is None or abs(metrics[monitor] - run.p0[monitor]) <= delta
-        row = _row(run.step, cuts, _mpo_params(modules), dense_total, step_bound, modules, train_loss, metrics, accepted)
+        row = _row(run.step, cuts, _mpo_params(modules), dense_total, step_bound, modules, train_loss, metrics,
+                   monitor, accepted)
         run.rows.append(row)
         if on_step is not None:
             on_step(model, row, optimizer)
@@ -185,10 +201,10 @@ def squeeze(
         write_log(run.rows, Path(log_path))
     accepted_rows = [r for r in run.rows if r["accepted"]]
     if plot_path is not None:
-        plot_squeeze_log(accepted_rows, plot_path)
+        plot_squeeze_log(accepted_rows, plot_path, metric=task_obj.primary_metric[0])
     return SqueezeResult(
         model=model, rows=run.rows, stop_reason=run.stop_reason, initial=run.p0,
-        final={"loss": accepted_rows[-1]["loss"], "accuracy": accepted_rows[-1]["accuracy"]},
+        final=dict(accepted_rows[-1]["metrics"]),
         params=_mpo_params(modules), budget=budget, steps=run.step,
         finetune_steps_total=run.ft_total, resumed_from_step=run.resumed_from,
         bond_dims={n: m.bond_dims for n, m in modules.items()},
@@ -197,7 +213,7 @@ def squeeze(
 
 def _check_inputs(train_batches, eval_batches, eval_fn, matrices_per_step) -> None:
     if eval_fn is None and eval_batches is None:
-        raise ValueError("give eval_batches (held-out batches) or eval_fn(model) -> {'loss': ..., 'accuracy': ...}")
+        raise ValueError("give eval_batches (held-out batches) or eval_fn(model) -> {'loss': ..., ...}")
     if not hasattr(train_batches, "__getitem__") or not hasattr(train_batches, "__len__") or len(train_batches) == 0:
         raise TypeError(
             f"train_batches must be a non-empty sequence (list) of batches so a resumed run can replay them, "
@@ -205,6 +221,32 @@ def _check_inputs(train_batches, eval_batches, eval_fn, matrices_per_step) -> No
         )
     if isinstance(matrices_per_step, bool) or not isinstance(matrices_per_step, int) or matrices_per_step < 1:
         raise ValueError(f"matrices_per_step must be an int >= 1, got {matrices_per_step!r}; e.g. matrices_per_step=1")
+
+
+def _json_ready(identity: Mapping | None) -> dict | None:
+    """``identity`` as plain JSON data (so it compares equal to what a checkpoint read back)."""
+    import json
+
+    if identity is None:
+        return None
+    if not isinstance(identity, Mapping):
+        raise TypeError(f"identity must be a mapping of JSON fields or None, got {type(identity).__name__}; "
+                        "e.g. identity={'source': 'runs/dense/best'}")
+    try:
+        return json.loads(json.dumps(dict(identity)))
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"identity must hold JSON data only (str, numbers, lists, dicts): {e}") from None
+
+
+def _check_monitored(metrics: Mapping, monitor: str) -> None:
+    """The first evaluation must give ``monitor`` as a finite number (else ``delta`` would compare nothing)."""
+    value = metrics.get(monitor)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"monitor={monitor!r} is not a metric of the evaluation (it gives {sorted(metrics)}); "
+                         f"e.g. monitor='loss'")
+    if not math.isfinite(value):
+        raise ValueError(f"the monitored metric {monitor!r} is {value} before squeezing, so |p - p~| > delta cannot "
+                         f"be tested; monitor another metric, e.g. monitor='loss'")
 
 
 def _mpo_params(modules: Mapping[str, MPOModule]) -> int:
@@ -239,7 +281,8 @@ def _apply_cuts(modules, regauged, cuts: Sequence[Cut], params: int, budget: int
     return applied, step_bound
 
 
-def _row(step, cuts: Sequence[Cut], params, dense_total, step_bound, modules, train_loss, metrics, accepted) -> dict:
+def _row(step, cuts: Sequence[Cut], params, dense_total, step_bound, modules, train_loss, metrics, monitor,
+         accepted) -> dict:
     """One log row; step 0 (no cuts) is the starting point."""
     return {
         "step": step, "matrix": ",".join(c.name for c in cuts) if cuts else None,
@@ -248,7 +291,7 @@ def _row(step, cuts: Sequence[Cut], params, dense_total, step_bound, modules, tr
         "new_dims": [list(c.new_dims) for c in cuts] if cuts else None,
         "params": params, "params_ratio": params / dense_total, "step_bound": step_bound,
         "total_bound": sum(m.error_bound for m in modules.values()), "train_loss": train_loss,
-        "loss": metrics.get("loss"), "accuracy": metrics.get("accuracy"), "accepted": accepted,
+        "loss": metrics.get("loss"), "monitored": metrics[monitor], "metrics": dict(metrics), "accepted": accepted,
     }
 
 
