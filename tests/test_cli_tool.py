@@ -140,6 +140,10 @@ def test_regression_flow(tiny, files, tmp_path, capsys):
     metrics = read_json(m)["splits"]["data"]
     assert read_json(m)["task"] == "regress" and metrics["n"] == 8
     assert math.isfinite(metrics["mse"]) and metrics["mse"] >= 0 and {"pearson", "spearman"} <= set(metrics)
+    # whole-number scores (1..5) would be classes by their labels; the regression model decides the task
+    scores = write_csv(tmp_path / "scores.csv", [(f"review {i}", i % 5 + 1) for i in range(10)])
+    ok(capsys, "evaluate", "--model", F / "best", "--data", scores, "--out", m, *EVAL)
+    assert read_json(m)["task"] == "regress" and "mse" in read_json(m)["splits"]["data"]
 
 
 def test_lm_flow_on_a_text_file(tiny, files, tmp_path, capsys):
@@ -193,6 +197,15 @@ def test_lora_finetune_then_evaluate_the_adapter_folder(tiny, files, tmp_path, c
     predicted = [config.id2label[int(i)] for i in logits(model, tokenizer, [t for t, _ in rows]).argmax(-1)]
     expected = sum(p == label for p, (_, label) in zip(predicted, rows)) / len(rows)
     assert result["splits"]["data"]["accuracy"] == pytest.approx(expected)
+
+    # an adapter whose base model is gone: said so, with the path it looked for
+    import shutil
+
+    moved = tmp_path / "moved_adapter"
+    shutil.copytree(F / "best", moved)
+    (moved / "mpokit_base.json").write_text(json.dumps({**base, "path": str(tmp_path / "gone")}))
+    code, _, err = cli(capsys, "evaluate", "--model", moved, "--data", subset, *RUN)
+    assert code == 2 and "base model of the adapter" in err and "does not exist" in err and "gone" in err
 
 
 # ---------------------------------------------------------------------------
@@ -440,6 +453,34 @@ def test_out_that_is_a_file(tiny, files, tmp_path, capsys, no_model_load):
     assert code == 2 and "is a folder" in err and "metrics.json" in err
     code, _, err = cli(capsys, "evaluate", "--model", tiny.bert, "--data", files.test, "--out", blocker / "m.json", *RUN)
     assert code == 2 and "a file is in the way" in err
+
+
+def test_evaluate_refuses_a_head_that_was_never_trained(tiny, files, tmp_path, capsys, no_model_load):
+    code, _, err = cli(capsys, "evaluate", "--model", tiny.bert, "--data", files.test, *RUN)
+    assert code == 2 and "holds BertModel, a base model without a trained classify head" in err
+    assert "random head" in err and "mpokit finetune --model" in err
+    code, _, err = cli(capsys, "evaluate", "--model", tiny.llama, "--data", files.test, "--task", "classify", *RUN)
+    assert code == 2 and "a model trained for 'lm'" in err and "--task lm" in err
+
+
+def test_evaluate_errors_of_a_trained_classifier(tiny, files, tmp_path, capsys):
+    C = tmp_path / "C"
+    ok(capsys, "compress", "--model", tiny.bert, "--data", files.train, "--out", C, *RUN)
+    code, _, err = cli(capsys, "evaluate", "--model", C, "--data", files.lm_train, *RUN)  # the model says: classify
+    assert code == 2 and "task='classify' needs labels" in err and "['text']" in err
+    unknown = write_csv(tmp_path / "unknown.csv", [("a", "pos"), ("b", "sarcastic")])
+    code, _, err = cli(capsys, "evaluate", "--model", C, "--data", unknown, "--out", tmp_path / "m.json", *RUN)
+    assert code == 2 and "['sarcastic'] that the model does not know" in err and "['neg', 'neutral', 'pos']" in err
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_compress_budget_errors(tiny, files, tmp_path, capsys, no_model_load):
+    refused(capsys, tmp_path / "a", "compress", "--model", tiny.bert, "--budget", "2",
+            expect=["param_ratio must be in (0, 1]", "got 2.0"])
+    refused(capsys, tmp_path / "b", "compress", "--model", tiny.bert, "--max-bond", "0",
+            expect=["max_bond must be an int >= 1", "got 0"])
+    err = refused(capsys, tmp_path / "c", "compress", "--model", tiny.bert, "--budget", "0.5", "--max-bond", "4")
+    assert "not allowed with argument" in err
 
 
 def test_compress_refuses_a_compressed_checkpoint_before_loading(tiny, files, tmp_path, capsys, monkeypatch):

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["load_for_evaluation", "align_labels", "evaluate_model"]
+__all__ = ["load_for_evaluation", "align_labels", "evaluate_model", "model_task"]
 
 
 def load_for_evaluation(source: str, task: str):
@@ -119,17 +119,76 @@ def align_labels(model, data) -> None:
     data.label_names = [str(n) for n in names]
 
 
+_HEADS = {"classify": "ForSequenceClassification", "regress": "ForSequenceClassification", "lm": ("ForCausalLM", "LMHeadModel")}
+
+
+def model_task(source: str) -> tuple[str | None, str | None]:
+    """``(task, class name)`` that the saved model in ``source`` was trained for, from its files alone (no
+    weights read): a PEFT adapter's recorded task; a causal LM -> ``"lm"``; a sequence classifier -> ``"regress"``
+    (``problem_type="regression"`` or one output) or ``"classify"``; a ``.gguf`` file -> ``"lm"``. ``task`` is None
+    when the model has no task head (a base model such as ``BertModel``) or its class is unknown."""
+    from .finetuning.state import BASE_SOURCE_NAME
+    from .loading import identify_source
+
+    folder = Path(source)
+    if folder.is_dir() and (folder / "adapter_config.json").is_file() and (folder / BASE_SOURCE_NAME).is_file():
+        try:
+            return json.loads((folder / BASE_SOURCE_NAME).read_text()).get("task"), "PeftModel"
+        except ValueError:
+            return None, "PeftModel"
+    src = identify_source(source)
+    if src.kind == "gguf":
+        return "lm", None
+    try:
+        config = json.loads((src.folder / "config.json").read_text())
+        if src.kind == "mpokit":
+            from .io import _read_meta
+
+            classes = [_read_meta(src.folder)["model_class"]]
+        else:
+            classes = list(config.get("architectures") or [])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, None  # loading reports unreadable files
+    name = classes[0] if classes else None
+    if any(str(c).endswith(_HEADS["lm"]) for c in classes):
+        return "lm", name
+    if any(str(c).endswith(_HEADS["classify"]) for c in classes):
+        one_output = len(config.get("id2label") or {}) == 1 or config.get("num_labels") == 1
+        return ("regress" if config.get("problem_type") == "regression" or one_output else "classify"), name
+    return None, name
+
+
+def _check_trained_head(source: str, task: str, saved_task: str | None, model_class: str | None) -> None:
+    """Refuse to score a head that loading would draw at random: a base model, or a model trained for another
+    task (a causal LM scored as a classifier), evaluated for ``task``."""
+    if saved_task == task or (saved_task is None and model_class is None):
+        return  # the right head, or nothing known about the model (loading checks what it can)
+    what = (f"a base model without a trained {task} head" if saved_task is None
+            else f"a model trained for {saved_task!r}, without a trained {task} head")
+    raise ValueError(f"{source!r} holds {model_class or 'a model'}, {what}, so its {task} metrics would be those of a "
+                     f"random head; fine-tune it for {task} first (mpokit finetune --model {source} --task {task} "
+                     "--data ...) and evaluate the result" + (f", or evaluate it with --task {saved_task}" if saved_task else ""))
+
+
 def evaluate_model(source: str, spec, *, batch_size: int = 64, progress: bool = True) -> dict[str, Any]:
     """Metrics of the model in ``source`` on the data of ``spec`` (a :class:`mpokit.inputs.DataSpec`).
 
     Held-out splits (validation, test) are evaluated when the data has any; otherwise the ``data``
-    file itself is. Returns ``{"model", "task", "kind", "splits": {split: metrics}, "sizes", "encoding",
-    "seconds"}``.
+    file itself is. Without ``spec.task`` the task is the one the model was trained for (:func:`model_task`;
+    a regression model on whole-number scores is still scored as regression), else inferred from the labels.
+    A base model without a trained head for the task is refused. Returns ``{"model", "task", "kind",
+    "splits": {split: metrics}, "sizes", "encoding", "seconds"}``.
     """
+    import dataclasses
+
     from .inputs import build_loaders, read_data
 
     t0 = time.perf_counter()
+    saved_task, model_class = model_task(source)
+    if spec.task is None and saved_task is not None:
+        spec = dataclasses.replace(spec, task=saved_task)
     data, task = read_data(spec)
+    _check_trained_head(str(source), task.name, saved_task, model_class)
     model, tokenizer, kind = load_for_evaluation(source, task.name)
     if task.name == "classify":
         align_labels(model, data)
