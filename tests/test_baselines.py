@@ -108,3 +108,28 @@ def test_allocate_ranks_global_prefers_energy_per_parameter():
         allocate_ranks(spectra, 8)
     with pytest.raises(ValueError, match="allocation"):
         allocate_ranks(spectra, 40, "random")
+
+
+def test_lowrank_of_a_conv1d_is_the_truncated_svd_of_its_linear_map():
+    """transformers' Conv1D (GPT-2) computes x W_c + b with W_c (in, out): its linear map is W = W_c^T."""
+    pytest.importorskip("transformers")
+    from transformers.pytorch_utils import Conv1D
+
+    torch.manual_seed(0)
+    conv = Conv1D(20, 12).double()  # nf = 20 outputs, nx = 12 inputs: weight (12, 20)
+    with torch.no_grad():
+        conv.bias.normal_()
+    x = torch.randn(5, 12, dtype=torch.float64)
+    full = LowRankLinear.from_linear(conv, rank=12)
+    assert (full.in_features, full.out_features) == (12, 20)
+    torch.testing.assert_close(full(x), conv(x), rtol=0, atol=1e-12)
+    low = LowRankLinear.from_linear(conv, rank=3)
+    w = conv.weight.detach().t()  # (out, in)
+    s = torch.linalg.svdvals(w)
+    assert float(torch.linalg.norm(low.weight.detach() - w)) == pytest.approx(float(s[3:].norm()), rel=1e-9)
+    model = nn.Sequential(conv, nn.ReLU(), nn.Linear(20, 2)).double()
+    result = lowrank_(model, ["0", "2"], target_ratio=0.6)
+    assert isinstance(model[0], LowRankLinear) and result.dense == 12 * 20 + 20 * 2
+    assert result.params <= result.budget
+    with pytest.raises(TypeError, match="nn.Linear or a transformers Conv1D"):
+        LowRankLinear.from_linear(nn.Conv2d(1, 1, 1), rank=1)

@@ -318,3 +318,127 @@ def test_compress_to_budget_on_tiny_bert(method):
         assert len(layers) == 12
         assert all(not l.central_parameters()[0].requires_grad for l in layers.values())
     assert not model.bert.embeddings.word_embeddings.weight.requires_grad
+
+
+# ---------------------------------------------------------------------------
+# evaluation per task, the monitored metric, identity, the log's metric columns
+# ---------------------------------------------------------------------------
+
+
+def test_evaluate_tuple_batches_against_hand_computation():
+    from mpokit.squeezing import evaluate
+
+    model = _tiny_model()
+    _, held = _data()
+    got = evaluate(model, held)
+    x = torch.cat([b[0] for b in held])
+    y = torch.cat([b[1] for b in held])
+    model.eval()
+    with torch.no_grad():
+        logits = model(x)
+    assert got["n"] == len(y)
+    assert got["loss"] == pytest.approx(float(nn.functional.cross_entropy(logits, y)), rel=1e-12)
+    assert got["accuracy"] == float((logits.argmax(-1) == y).double().mean())
+    with pytest.raises(ValueError, match=r"\(x, y\) tuple batches are classification batches; task 'regress'"):
+        evaluate(model, held, "regress")
+    with pytest.raises(ValueError, match="eval_batches is empty"):
+        evaluate(model, [])
+
+
+@pytest.mark.parametrize("task", ["classify", "regress", "lm"])
+def test_evaluate_dict_batches_is_the_tasks_evaluate(task):
+    transformers = pytest.importorskip("transformers")
+    from _plm_models import tiny_model
+
+    from mpokit.squeezing import evaluate
+    from mpokit.tasks import get_task
+
+    g = torch.Generator().manual_seed(0)
+    if task == "lm":
+        model = tiny_model("llama")
+        batches = [{"input_ids": (ids := torch.randint(1, 97, (3, 7), generator=g)),
+                    "attention_mask": torch.ones(3, 7, dtype=torch.long), "labels": ids.clone()} for _ in range(2)]
+    else:
+        cfg = _plm_models_config(num_labels=1 if task == "regress" else 3)
+        torch.manual_seed(0)
+        model = transformers.BertForSequenceClassification(cfg).eval()
+        labels = (lambda: torch.randn(4, generator=g)) if task == "regress" else (lambda: torch.randint(0, 3, (4,), generator=g))
+        batches = [{"input_ids": torch.randint(1, 97, (4, 6), generator=g), "attention_mask": torch.ones(4, 6, dtype=torch.long),
+                    "labels": labels()} for _ in range(2)]
+    got = evaluate(model, batches, task)
+    assert got == get_task(task).evaluate(model, batches)
+    # the task loss is the model's own loss, averaged per example (per token for lm)
+    with torch.no_grad():
+        outs = [model(**b) for b in batches]
+    if task == "lm":
+        counts = [int((b["labels"][:, 1:] != -100).sum()) for b in batches]
+        expected = sum(float(o.loss) * c for o, c in zip(outs, counts)) / sum(counts)
+    else:
+        expected = sum(float(o.loss) * 4 for o in outs) / 8
+    assert got["loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def _plm_models_config(num_labels):
+    import transformers
+
+    return transformers.BertConfig(vocab_size=97, hidden_size=24, num_hidden_layers=1, num_attention_heads=2,
+                                   intermediate_size=36, max_position_embeddings=16, num_labels=num_labels,
+                                   hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                                   problem_type="regression" if num_labels == 1 else None)
+
+
+def test_squeeze_monitors_the_metric_it_is_told_and_logs_every_metric(tmp_path):
+    train, held = _data()
+    result = squeeze(_tiny_model(), train_batches=train, eval_batches=held, monitor="accuracy", delta=1.0,
+                     max_steps=2, finetune_steps=1, lr=1e-3, log_path=tmp_path / "log")
+    assert all(r["monitored"] == r["metrics"]["accuracy"] for r in result.rows)
+    assert set(result.final) == {"loss", "accuracy", "n"} and result.final == result.rows[-1]["metrics"]
+    header = (tmp_path / "log.csv").read_text().splitlines()[0].split(",")
+    from mpokit.squeezing.log import LOG_FIELDS
+
+    assert header == [*LOG_FIELDS, "accuracy", "n"]
+    with pytest.raises(ValueError, match=r"monitor='f1' is not a metric of the evaluation \(it gives \['accuracy', 'loss', 'n'\]\)"):
+        squeeze(_tiny_model(), train_batches=train, eval_batches=held, monitor="f1", max_steps=1)
+    with pytest.raises(ValueError, match="monitored metric 'loss' is nan"):
+        squeeze(_tiny_model(), train_batches=train, eval_fn=lambda m: {"loss": float("nan")}, max_steps=1)
+
+
+def test_a_checkpoint_of_another_identity_is_refused(tmp_path):
+    from mpokit.squeezing.checkpoint import check_identity
+
+    train, held = _data()
+    source = {"source": {"path": "/models/a", "sha256": "aa" * 32}, "data": "train.csv"}
+    kw = dict(train_batches=train, eval_batches=held, max_steps=1, finetune_steps=1, lr=1e-3, checkpoint_dir=tmp_path)
+    squeeze(_tiny_model(), identity=source, **kw)
+    assert check_identity(tmp_path, source) is True and check_identity(tmp_path / "none", source) is False
+    other = {"source": {"path": "/models/b", "sha256": "bb" * 32}, "data": "train.csv"}
+    message = (r"made from another source model \(/models/a, SHA-256 a{64}\) than the one given \(/models/b, "
+               r"SHA-256 b{64}\)")
+    with pytest.raises(ValueError, match=message):
+        check_identity(tmp_path, other)
+    with pytest.raises(ValueError, match="source.path: '/models/a' -> '/models/b'"):
+        squeeze(_tiny_model(), identity=other, **kw)
+    with pytest.raises(ValueError, match=r"of another run.*data: 'train.csv' -> 'other.csv'"):
+        check_identity(tmp_path, {**source, "data": "other.csv"})
+
+
+def test_source_identity_hashes_the_weight_files(tmp_path):
+    import hashlib
+
+    transformers = pytest.importorskip("transformers")
+    from mpokit.squeezing import source_identity
+
+    torch.manual_seed(0)
+    model = transformers.BertModel(_plm_models_config(2))
+    model.save_pretrained(str(tmp_path / "one"))
+    digest = hashlib.sha256((tmp_path / "one" / "model.safetensors").read_bytes()).hexdigest()
+    one = source_identity(tmp_path / "one")
+    assert one == {"path": str((tmp_path / "one").resolve()), "kind": "transformers", "sha256": digest,
+                   "files": {"model.safetensors": digest}}
+    model.save_pretrained(str(tmp_path / "shards"), max_shard_size="20KB")
+    names = sorted(p.name for p in (tmp_path / "shards").glob("model*.safetensors*"))
+    assert len(names) > 2 and "model.safetensors.index.json" in names
+    files = {n: hashlib.sha256((tmp_path / "shards" / n).read_bytes()).hexdigest() for n in names}
+    listing = "".join(f"{files[n]}  {n}\n" for n in sorted(files))  # what `sha256sum` lists for these files
+    sharded = source_identity(tmp_path / "shards")
+    assert sharded["files"] == files and sharded["sha256"] == hashlib.sha256(listing.encode()).hexdigest()

@@ -73,3 +73,13 @@ def test_combine_merges_runs_per_seed_and_refuses_a_point_from_two_runs(tmp_path
     assert not out2.exists()
     with pytest.raises(FileNotFoundError, match="no seed"):
         main(["--combine", str(tmp_path / "missing"), "--out", str(out2)])
+
+
+def test_frontier_help_runs_as_a_module():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "mpokit.recipes.squeeze_frontier", "--help"], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage:") and "--combine" in done.stdout and "--budgets" in done.stdout
