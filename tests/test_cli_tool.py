@@ -387,6 +387,13 @@ def _data_errors(tmp: Path, files) -> dict[str, tuple[list, list]]:
         "lr nan": (["--data", files.train, "--lr", "nan", *split], ["lr must be a finite number > 0", "nan"]),
         "weight decay -1": (["--data", files.train, "--weight-decay", "-1", *split], ["weight_decay", ">= 0", "-1.0"]),
         "max length 1": (["--data", files.train, "--max-length", "1", *split], ["max_length must be an int >= 2", "got 1"]),
+        "mpo lr -1": (["--data", files.train, "--mpo-lr", "-1", *split], ["mpo_lr must be a finite number > 0", "e.g."]),
+        "epochs 0": (["--data", files.train, "--epochs", "0", *split], ["epochs must be an int >= 1, got 0", "e.g."]),
+        "batch size 0": (["--data", files.train, "--batch-size", "0", *split], ["batch_size must be an int >= 1", "e.g."]),
+        "lora rank 0": (["--data", files.train, "--method", "lora", "--lora-rank", "0", *split],
+                        ["lora_rank must be an int >= 1, got 0", "e.g."]),
+        "warmup 1": (["--data", files.train, "--warmup-ratio", "1", *split], ["warmup_ratio must be in [0, 1)", "e.g."]),
+        "block size 1": (["--data", files.lm_train, "--block-size", "1", *split], ["block_size must be an int >= 2"]),
     }
 
 

@@ -16,6 +16,8 @@ __all__ = ["FinetuneConfig", "config_from_dict", "RESUME_MAY_CHANGE"]
 RESUME_MAY_CHANGE = ("epochs", "resume", "stop_after_epochs", "progress", "num_threads", "save_best", "save_last",
                      "overwrite")
 _DATA_FIELDS = tuple(f.name for f in fields(DataSpec))
+_EXAMPLES = {"epochs": 3, "batch_size": 32, "eval_batch_size": 64, "lora_rank": 8, "max_steps_per_epoch": 100,
+             "num_threads": 4, "stop_after_epochs": 1}
 
 
 def _is_int(v) -> bool:
@@ -87,11 +89,11 @@ class FinetuneConfig:
         for name in ("epochs", "batch_size", "eval_batch_size", "lora_rank"):
             v = getattr(self, name)
             if not _is_int(v) or v < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+                raise ValueError(f"{name} must be an int >= 1, got {v!r}; e.g. {name}={_EXAMPLES[name]}")
         for name in ("max_steps_per_epoch", "num_threads", "stop_after_epochs"):
             v = getattr(self, name)
             if v is not None and (not _is_int(v) or v < 1):
-                raise ValueError(f"{name} must be an int >= 1 or None, got {v!r}")
+                raise ValueError(f"{name} must be an int >= 1 or None, got {v!r}; e.g. {name}={_EXAMPLES[name]}")
         if not _is_int(self.seed) or self.seed < 0:
             raise ValueError(f"seed must be an int >= 0, got {self.seed!r}; e.g. seed=0")
         check_rates(self.lr, self.mpo_lr, self.weight_decay)
