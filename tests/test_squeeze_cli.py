@@ -61,6 +61,8 @@ def files(tmp_path_factory):
     classifier.save_pretrained(str(root / "classifier"))
     minilm_tok.save_pretrained(str(root / "classifier"))
     out["classifier"] = str(root / "classifier")
+    mpokit.save_pretrained(classifier, root / "classifier_dense_mpokit", tokenizer=minilm_tok)  # no MPO layers
+    out["classifier_dense_mpokit"] = str(root / "classifier_dense_mpokit")
     mpokit.compress(classifier, encoder_mpo_config())  # exact (full bonds): the same function as the folder above
     mpokit.save_pretrained(classifier, root / "classifier_mpo", tokenizer=minilm_tok)
     out["classifier_mpo"] = str(root / "classifier_mpo")
@@ -238,7 +240,8 @@ def test_an_mpokit_checkpoint_loads_as_its_mpo_model(files, tmp_path, capsys, mo
         runs[key] = _report(out)
     dense, mpo = runs["classifier"], runs["classifier_mpo"]
     assert mpo["source"]["kind"] == "mpokit" and mpo["loaded"]["mpo"] is True and mpo["dense_finetune"] is None
-    assert mpo["source"]["sha256"] == _sha256(f"{files['classifier_mpo']}/model.safetensors")
+    (weights,) = mpo["source"]["files"]  # the one weights file the checkpoint's mpo_config.json names
+    assert weights.endswith(".safetensors") and mpo["source"]["sha256"] == _sha256(f"{files['classifier_mpo']}/{weights}")
     assert mpo["bond_dims"] == dense["bond_dims"] and mpo["params"] == dense["params"]
     for when in ("before", "after"):
         assert mpo[when]["loss"] == pytest.approx(dense[when]["loss"], abs=1e-5)
@@ -256,7 +259,21 @@ def test_an_mpokit_checkpoint_loads_as_its_mpo_model(files, tmp_path, capsys, mo
     assert code == 0, err
     code, _, err = _squeeze(capsys, "--model", files["classifier_mpo"], "--method", "prune", "--budget", "0.5",
                             "--out", str(tmp_path / "prune"), *_classify_data(files), *SMALL)
-    assert code == 2 and "starts from a dense model" in err and "mpokit (MPO) checkpoint" in err
+    assert code == 2 and "starts from a dense model" in err and "mpokit checkpoint with MPO layers" in err
+
+
+def test_a_dense_mpokit_checkpoint_is_pruned_like_its_transformers_folder(files, tmp_path, capsys):
+    """mpokit.save_pretrained writes dense models too (e.g. the best/ of `mpokit finetune --method full`)."""
+    runs = {}
+    for key in ("classifier", "classifier_dense_mpokit"):
+        code, _, err = _squeeze(capsys, "--model", files[key], "--method", "prune", "--budget", "0.5",
+                                "--out", str(tmp_path / key), *_classify_data(files), *SMALL)
+        assert code == 0, err
+        runs[key] = _report(tmp_path / key)
+    dense, saved = runs["classifier"], runs["classifier_dense_mpokit"]
+    assert saved["source"]["kind"] == "mpokit" and saved["loaded"]["mpo"] is False and saved["dense_finetune"] is None
+    assert saved["before"] == dense["before"] and saved["after"] == dense["after"]
+    assert saved["params"] == dense["params"]
 
 
 # ---------------------------------------------------------------------------

@@ -139,11 +139,11 @@ def run(args: argparse.Namespace) -> int:
 
     from ..atomic import atomic_write_text, check_output_dir
     from ..inputs import DataSpec, build_loaders, read_data
-    from ..loading import identify_source, load_model
+    from ..loading import load_model
     from ..recipes.models import resolve_model_source
     from ..squeezing import compress_to_budget, evaluate, finetune
     from ..squeezing.checkpoint import check_identity, settings_diff
-    from ..squeezing.source import source_identity, task_head
+    from ..squeezing.source import holds_mpo_layers, source_identity, task_head
     from ..training import set_seed
 
     # 1. options, output folder, data and model source: all checked before any model is loaded
@@ -152,10 +152,9 @@ def run(args: argparse.Namespace) -> int:
     spec = DataSpec(**data_settings(args))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     source = resolve_model_source(args.model)
-    src = identify_source(source)
-    if src.kind == "mpokit" and args.method in ("prune", "lowrank"):
-        raise ValueError(f"--method {args.method} starts from a dense model, but {source!r} is an mpokit (MPO) "
-                         f"checkpoint; pass its dense source model, or use --method squeeze / direct")
+    if args.method in ("prune", "lowrank") and holds_mpo_layers(source):
+        raise ValueError(f"--method {args.method} starts from a dense model, but {source!r} is an mpokit checkpoint "
+                         f"with MPO layers; pass its dense source model, or use --method squeeze / direct")
     data, task = read_data(spec)
     if data.validation is None:
         raise ValueError("squeezing needs a validation split (the held-out set it monitors); give "

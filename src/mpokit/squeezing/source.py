@@ -6,6 +6,8 @@ whether it already holds a trained head for the task.
   file). Reports record it, and a squeeze checkpoint of another source is refused with it.
 * :func:`task_head`: whether the source already holds the task's head (a model fine-tuned for the task,
   which ``mpokit squeeze`` does not fine-tune again) and the checks that need only its config.
+* :func:`holds_mpo_layers`: whether the source is an mpokit checkpoint with MPO layers (every model
+  :func:`mpokit.save_pretrained` writes is an mpokit checkpoint, dense ones too).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import json
 import os
 from pathlib import Path
 
-__all__ = ["weight_files", "source_identity", "task_head", "HEAD_SUFFIXES"]
+__all__ = ["weight_files", "source_identity", "task_head", "holds_mpo_layers", "HEAD_SUFFIXES"]
 
 HEAD_SUFFIXES = {
     "classify": ("ForSequenceClassification",),
@@ -37,16 +39,21 @@ def _sha256_file(path: Path) -> str:
 
 def weight_files(src) -> list[Path]:
     """The files that hold the weights of ``src`` (a :class:`mpokit.loading.ModelSource`): the ``.gguf`` file;
-    an mpokit checkpoint's ``model.safetensors``; a transformers folder's ``model.safetensors`` or
+    the weights file an mpokit checkpoint's ``mpo_config.json`` names; a transformers folder's ``model.safetensors`` or
     ``pytorch_model.bin``, or a sharded index with every shard it names."""
     from ..loading import WEIGHT_FILES
 
     if src.kind == "gguf":
         return [src.path]
-    if src.kind == "mpokit":
-        from ..io import WEIGHTS_NAME
+    if src.kind == "mpokit":  # the weights file its mpo_config.json names (format 3: a name with its hash)
+        from ..io import WEIGHTS_NAME, _read_meta
 
-        return [src.folder / WEIGHTS_NAME]
+        name = str((_read_meta(src.folder).get("weights") or {}).get("file") or WEIGHTS_NAME)
+        path = src.folder / name
+        if path.parent != src.folder or not path.is_file():
+            raise FileNotFoundError(f"the mpokit checkpoint {str(src.folder)!r} names the weights file {name!r}, "
+                                    f"which is not in the folder; save the model again with mpokit.save_pretrained")
+        return [path]
     for name in WEIGHT_FILES:
         path = src.folder / name
         if not path.is_file():
@@ -79,6 +86,16 @@ def source_identity(source: str | os.PathLike) -> dict:
         listing = "".join(f"{sha}  {name}\n" for name, sha in sorted(files.items()))
         combined = hashlib.sha256(listing.encode("utf-8")).hexdigest()
     return {"path": str(src.path.resolve()), "kind": src.kind, "sha256": combined, "files": files}
+
+
+def holds_mpo_layers(source: str | os.PathLike) -> bool:
+    """Whether ``source`` is an mpokit checkpoint whose structure manifest lists MPO modules (read from
+    ``mpo_config.json`` only)."""
+    from ..io import _read_meta
+    from ..loading import identify_source
+
+    src = identify_source(source)
+    return src.kind == "mpokit" and bool(_read_meta(src.folder).get("modules"))
 
 
 def _config(src):
