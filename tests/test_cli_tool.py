@@ -12,6 +12,7 @@ import json
 import math
 from pathlib import Path
 
+import datasets  # noqa: F401 - imported here, not inside a capsys capture: its log handler keeps the real stderr
 import pytest
 import torch
 
@@ -361,6 +362,8 @@ def _data_errors(tmp: Path, files) -> dict[str, tuple[list, list]]:
     nan_jsonl = write_jsonl(tmp / "nan.jsonl", [{"text": "a", "label": 0.5}, {"text": "b", "label": float("nan")},
                                                 {"text": "c", "label": 1.5}])
     unseen = write_csv(tmp / "unseen.csv", [("a", "pos"), ("b", "sarcastic")])
+    (tmp / "quote.csv").write_text('text,label\n"an unterminated quote,pos\nb,neg\n')
+    (tmp / "latin1.csv").write_bytes("text,label\nun film très réussi,pos\nb,neg\n".encode("latin-1"))
     split = ["--validation-split", "0.25"]
     return {
         "missing file": (["--data", tmp / "nope.csv", *split], ["no file or folder", "nope.csv", "e.g."]),
@@ -370,6 +373,8 @@ def _data_errors(tmp: Path, files) -> dict[str, tuple[list, list]]:
         "missing label column": (["--data", files.train, "--label-column", "stars", *split],
                                  ["no label column 'stars'", "other columns ['label']", "label_column='label'"]),
         "empty file": (["--data", tmp / "empty.csv", *split], ["is empty", "e.g."]),
+        "broken csv": (["--data", tmp / "quote.csv", *split], ["could not read", "ParserError", "EOF inside string"]),
+        "not utf-8": (["--data", tmp / "latin1.csv", *split], ["UnicodeDecodeError", "save it as UTF-8"]),
         "header only": (["--data", tmp / "header_only.csv", *split], ["no rows"]),
         "single class": (["--data", single, *split], ["single class 'pos'", "at least two classes"]),
         "regress on strings": (["--data", strings, "--task", "regress", *split],

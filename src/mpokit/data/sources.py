@@ -105,10 +105,22 @@ def read_source(path: str | os.PathLike):
             raise DataError(f"{str(path)!r} has no rows (only a header?); add at least one row of data") from exc
         raise DataError(f"could not read {str(path)!r} as {suffix}: {exc}") from exc
     except Exception as exc:  # the readers raise pyarrow, pandas and json errors of many types
-        raise DataError(f"could not read {str(path)!r} as {suffix}: {type(exc).__name__}: {exc}") from exc
+        cause = _root_cause(exc)
+        hint = "; save it as UTF-8 text" if isinstance(cause, UnicodeDecodeError) else ""
+        raise DataError(f"could not read {str(path)!r} as {suffix}: {type(cause).__name__}: {cause}{hint}") from exc
     if len(dataset) == 0:
         raise DataError(f"{str(path)!r} has no rows; add at least one row of data")
     return dataset
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The reader's own error inside ``datasets``' DatasetGenerationError ("An error occurred while generating the
+    dataset" says nothing about the file): the innermost explicit cause."""
+    seen = {id(exc)}
+    while exc.__cause__ is not None and id(exc.__cause__) not in seen:
+        exc = exc.__cause__
+        seen.add(id(exc))
+    return exc
 
 
 def _read_folder(path: pathlib.Path):
