@@ -1,8 +1,8 @@
 """Tiny models and user data files for the command-line tests (tests/test_cli_tool.py).
 
-Models: a random BERT (hidden 24, 2 layers) and a random Llama of the same size, each saved like a Hub model
+Models: a random BERT (hidden 24, 2 layers), Llama and GPT-2 of the same size, each saved like a Hub model
 beside the real all-MiniLM-L6-v2 tokenizer (vocab 30522); the Llama's copy of that BERT tokenizer gets
-``[SEP]`` as its eos token, so documents are separated in the lm blocks. Data: text,label files written
+``[SEP]`` as its eos token, so documents are separated in the lm blocks; GPT-2's copy has no eos token. Data: text,label files written
 the way a user would (CSV with string labels, floats for regression, one document per line for lm).
 """
 
@@ -25,6 +25,7 @@ WORDS = ("good bad fine awful great dull film plot actor scene story music pace 
 class TinyModels:
     bert: str
     llama: str
+    gpt2: str
     tokenizer: object
 
 
@@ -51,7 +52,11 @@ def make_models(folder: Path) -> TinyModels:
     llama = folder / "tiny-llama"
     T.LlamaForCausalLM(llama_cfg).save_pretrained(str(llama))
     lm_tokenizer.save_pretrained(str(llama))
-    return TinyModels(bert=str(bert), llama=str(llama), tokenizer=tokenizer)
+    gpt2 = folder / "tiny-gpt2"  # Conv1D layers, and a tokenizer without an eos token (pad [PAD] only)
+    T.GPT2LMHeadModel(T.GPT2Config(vocab_size=30522, n_embd=24, n_layer=2, n_head=2, n_positions=128)).save_pretrained(
+        str(gpt2))
+    tokenizer.save_pretrained(str(gpt2))
+    return TinyModels(bert=str(bert), llama=str(llama), gpt2=str(gpt2), tokenizer=tokenizer)
 
 
 def sentence(rng: random.Random, low: int = 3, high: int = 9) -> str:

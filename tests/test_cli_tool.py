@@ -174,6 +174,26 @@ def test_lm_flow_on_a_text_file(tiny, files, tmp_path, capsys):
     assert read_json(m)["task"] == "lm" and 1 < metrics["perplexity"] < math.inf and metrics["tokens"] > 0
 
 
+def test_lm_on_gpt2_with_a_tokenizer_without_eos_compress_and_lora(tiny, files, tmp_path, capsys):
+    from mpokit.io import from_pretrained
+    from mpokit.loading import load_model
+
+    C, L, m = tmp_path / "C", tmp_path / "L", tmp_path / "m.json"
+    ok(capsys, "compress", "--model", tiny.gpt2, "--data", files.lm_train, "--out", C, *RUN)
+    assert any(r["name"].endswith("c_attn") for r in read_json(C / "compression_report.json")["modules"])  # Conv1D
+    dense = load_model(tiny.gpt2, task="lm")
+    assert dense.tokenizer.eos_token is None and dense.tokenizer.pad_token == "[PAD]"
+    torch.testing.assert_close(logits(from_pretrained(C), dense.tokenizer, TEXTS),
+                               logits(dense.model, dense.tokenizer, TEXTS), rtol=1e-4, atol=1e-4)
+    ok(capsys, "finetune", "--method", "lora", "--model", tiny.gpt2, "--data", files.lm_train, "--validation-split",
+       "0.25", "--out", L, *SMALL)
+    report = read_json(L / "report.json")
+    assert report["task"] == "lm" and report["data"]["encoding"]["train"]["eos"] is False
+    ok(capsys, "evaluate", "--model", L / "best", "--data", files.lm_test, "--out", m, *EVAL)
+    result = read_json(m)
+    assert result["kind"] == "peft" and result["task"] == "lm" and 1 < result["splits"]["data"]["perplexity"] < math.inf
+
+
 def test_lora_finetune_then_evaluate_the_adapter_folder(tiny, files, tmp_path, capsys):
     from mpokit.evaluation import load_for_evaluation
 
