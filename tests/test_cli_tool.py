@@ -227,6 +227,9 @@ def test_lora_finetune_then_evaluate_the_adapter_folder(tiny, files, tmp_path, c
     (moved / "mpokit_base.json").write_text(json.dumps({**base, "path": str(tmp_path / "gone")}))
     code, _, err = cli(capsys, "evaluate", "--model", moved, "--data", subset, *RUN)
     assert code == 2 and "base model of the adapter" in err and "does not exist" in err and "gone" in err
+    (moved / "mpokit_base.json").unlink()
+    code, _, err = cli(capsys, "evaluate", "--model", moved, "--data", subset, *RUN)
+    assert code == 2 and "PEFT adapter folder without mpokit_base.json" in err
 
 
 # ---------------------------------------------------------------------------

@@ -131,11 +131,11 @@ def model_task(source: str) -> tuple[str | None, str | None]:
     from .loading import identify_source
 
     folder = Path(source)
-    if folder.is_dir() and (folder / "adapter_config.json").is_file() and (folder / BASE_SOURCE_NAME).is_file():
-        try:
+    if folder.is_dir() and (folder / "adapter_config.json").is_file():
+        try:  # a missing or broken mpokit_base.json is reported by load_for_evaluation
             return json.loads((folder / BASE_SOURCE_NAME).read_text()).get("task"), "PeftModel"
-        except ValueError:
-            return None, "PeftModel"
+        except (OSError, ValueError, AttributeError):
+            return None, None
     src = identify_source(source)
     if src.kind == "gguf":
         return "lm", None
