@@ -1,16 +1,11 @@
 """The training core: the one atomic writer and file-set commits, the training state (round trip, resume equals
-an unbroken run, verified loading, kills during saves), seeding and the optimizer's checks."""
+an unbroken run, verified loading), seeding and the optimizer's checks. Kills during saves: test_checkpoint_kills.py."""
 
 from __future__ import annotations
 
 import json
 import os
 import random
-import signal
-import subprocess
-import sys
-import textwrap
-import time
 
 import numpy as np
 import pytest
@@ -123,58 +118,6 @@ def test_training_state_refuses_a_mismatched_model_and_missing_parts(tmp_path):
     with pytest.raises(TrainingStateError, match="does not match this model"):
         load_training_state(tmp_path, nn.Sequential(nn.Linear(6, 8)))
     assert read_training_state(tmp_path / "none") is None
-
-
-_SAVER = textwrap.dedent("""
-    import sys, torch
-    from torch import nn
-    from mpokit.training import save_training_state
-    folder = sys.argv[1]
-    model = nn.Linear(256, 256)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    model(torch.ones(2, 256)).sum().backward()
-    opt.step()
-    print("ready", flush=True)
-    step = 0
-    while True:
-        step += 1
-        with torch.no_grad():
-            model.weight.fill_(step)
-            model.bias.fill_(step)
-        save_training_state(folder, model, optimizer=opt, state={"step": step})
-""")
-
-
-def _kill_and_check(tmp_path, kills: int) -> None:
-    folder = tmp_path / "state"
-    script = tmp_path / "saver.py"
-    script.write_text(_SAVER)
-    rng = random.Random(0)
-    last_step = 0
-    for _ in range(kills):
-        proc = subprocess.Popen([sys.executable, str(script), str(folder)], stdout=subprocess.PIPE, text=True)
-        assert proc.stdout.readline().strip() == "ready"
-        time.sleep(rng.uniform(0.05, 0.6))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        state = read_training_state(folder)  # verifies every file of the committed set
-        if state is None:
-            continue
-        model = nn.Linear(256, 256)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        assert load_training_state(folder, model, optimizer=opt)["step"] == state["step"]
-        assert torch.all(model.weight == state["step"]) and torch.all(model.bias == state["step"])
-        last_step = state["step"]
-    assert last_step > 0, "no save finished in any run; the saver never got going"
-
-
-def test_kills_during_saves_always_leave_a_loadable_state(tmp_path):
-    _kill_and_check(tmp_path, kills=3)
-
-
-@pytest.mark.slow
-def test_kills_during_saves_always_leave_a_loadable_state_many(tmp_path):
-    _kill_and_check(tmp_path, kills=12)
 
 
 def test_set_seed_seeds_random_numpy_and_torch():

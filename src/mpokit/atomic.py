@@ -6,7 +6,7 @@
 * :func:`atomic_write_with`: the same for writers that need a path (``safetensors.torch.save_file``,
   ``matplotlib``'s ``savefig``).
 * :func:`commit_file_set` / :func:`read_file_set`: a *set* of files committed by one manifest. Each blob
-  is written under a name that holds its SHA-256 (``model_state-<sha12>.safetensors``); the manifest,
+  is written under a name that holds its SHA-256 (``model_state.<sha12>.safetensors``); the manifest,
   written last with :func:`atomic_write_text`, records every blob's name, size and hash. A kill at any
   moment leaves either the previous manifest (whose blobs are still there: they are removed only after
   the new manifest is in place) or the new one. Blobs no manifest names are stray leftovers of an
@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Callable, Mapping
@@ -87,17 +88,23 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def _blob_name(role: str, digest: str) -> str:
+    """``model.safetensors`` -> ``model.<first 12 hex digits of the SHA-256>.safetensors``."""
     stem, dot, ext = role.partition(".")
-    return f"{stem}-{digest[:12]}{dot}{ext}"
+    return f"{stem}.{digest[:12]}{dot}{ext}"
+
+
+def _is_blob_of(name: str, role: str) -> bool:
+    stem, dot, ext = role.partition(".")
+    return re.fullmatch(re.escape(stem) + r"\.[0-9a-f]{12}" + re.escape(dot + ext), name) is not None
 
 
 def commit_file_set(directory: str | os.PathLike, manifest_name: str, blobs: Mapping[str, bytes],
-                    manifest: Mapping) -> dict:
+                    manifest: Mapping, *, stale_roles: tuple[str, ...] = ()) -> dict:
     """Write ``blobs`` (``{role: bytes}``, role like ``"model_state.safetensors"``) and then the manifest.
 
     The manifest JSON is ``manifest`` plus ``"files": {role: {"file", "bytes", "sha256"}}``. Returns it.
-    Blobs of earlier commits that the new manifest does not name are removed afterwards, as are
-    temporary files of interrupted writes.
+    Blobs of earlier commits that the new manifest does not name (for the roles of ``blobs`` and
+    ``stale_roles``) are removed afterwards, as are temporary files of interrupted writes.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -111,10 +118,10 @@ def commit_file_set(directory: str | os.PathLike, manifest_name: str, blobs: Map
     full = dict(manifest, files=files)
     atomic_write_text(directory / manifest_name, json.dumps(full, indent=1, sort_keys=True))
     keep = {f["file"] for f in files.values()} | {manifest_name}
-    stems = tuple(role.partition(".")[0] + "-" for role in blobs)
+    roles = tuple(blobs) + tuple(stale_roles)
     for entry in directory.iterdir():
         stray_tmp = entry.name.startswith(".") and entry.name.endswith(".tmp")
-        old_blob = entry.name.startswith(stems) and entry.name not in keep
+        old_blob = entry.name not in keep and any(_is_blob_of(entry.name, role) for role in roles)
         if entry.is_file() and (stray_tmp or old_blob):
             entry.unlink(missing_ok=True)
     return full

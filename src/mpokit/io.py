@@ -2,22 +2,26 @@
 
 A checkpoint folder holds
 
-* ``model.safetensors``: every tensor of ``model.state_dict()`` (a tied tensor once);
-* ``mpo_config.json``: format version, the model class, the :class:`MPOConfig`, the
-  MPO structure (one entry per converted module, written by its converter:
-  :data:`mpokit.converters.CONVERTERS`), aliases of tied tensors, the trainable
-  parameters, and the weights file's size and SHA-256;
-* ``config.json``: the base model's own transformers config, when it has one.
+* ``model.<sha12>.safetensors``: every tensor of ``model.state_dict()`` (a tied tensor once);
+* ``config.<sha12>.json``: the base model's own transformers config, when it has one (and a
+  plain ``config.json`` copy of it for other tools; the loader reads the committed one);
+* ``mpo_config.json``, the manifest: format version, the model class, the :class:`MPOConfig`,
+  the MPO structure (one entry per converted module, written by its converter:
+  :data:`mpokit.converters.CONVERTERS`), aliases of tied tensors, the trainable parameters,
+  and the name, size and SHA-256 of every file above.
 
-Every file is written through :mod:`mpokit.atomic` (a temporary name in the
-same folder, then ``os.replace``). :func:`from_pretrained` builds the dense
+A save is one commit (:func:`mpokit.atomic.commit_file_set`): the files under their hashed
+names first, the manifest last, then the files of the previous save are removed. A kill at
+any moment leaves the old or the new checkpoint loadable, never a mix; temporary files of an
+interrupted save are removed by the next one. :func:`from_pretrained` builds the dense
 model (from ``config.json``, or takes the freshly built dense ``model=`` for a
 model without a transformers config), recreates the MPO modules with the saved
 bond dimensions (no decomposition), checks size and checksum, and loads the
 tensors strictly: a corrupt, truncated or mismatched checkpoint raises
 :class:`CheckpointError` saying which file and why.
 
-Format versions: 2 (written now) adds a ``converter`` name per module entry,
+Format versions: 3 (written now) commits the files as one set and covers the config by the
+checksum; 2 adds a ``converter`` name per module entry,
 modules that keep their own forward (``"parametrized": true``), ``MPOLSTM``
 entries and ``has_config``; version 1 folders (``MPOLinear`` / ``MPOEmbedding`` /
 ``MPOTiedLinear`` entries, always with ``config.json``) load as before.
@@ -33,7 +37,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .atomic import atomic_write_bytes, atomic_write_text
+from .atomic import atomic_write_bytes, atomic_write_text, commit_file_set
 from .config import MPOConfig
 from .converters import CONVERTERS, attach_weight, converted_modules, converter_for
 from .layers.base import MPOModule
@@ -46,8 +50,8 @@ __all__ = ["save_pretrained", "from_pretrained", "CheckpointError", "atomic_writ
 WEIGHTS_NAME = "model.safetensors"
 MPO_CONFIG_NAME = "mpo_config.json"
 CONFIG_NAME = "config.json"
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 _PARAMETRIZED = "weight"  # the tensor an MPOWeight supplies
 _V1_CONVERTERS = {"MPOLinear": "Linear", "MPOEmbedding": "Embedding"}  # version-1 entries name no converter
 
@@ -196,6 +200,9 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, *, tokenizer
     tensors, aliases = _state_and_aliases(model)
     payload = st_save(tensors, metadata={"format": "pt", "producer": "mpokit"})
     mpo_config = getattr(model, "mpo_config", None)
+    blobs = {WEIGHTS_NAME: payload}
+    if hf_config is not None:
+        blobs[CONFIG_NAME] = hf_config.to_json_string().encode("utf-8")
     meta = {
         "format": "mpokit",
         "format_version": FORMAT_VERSION,
@@ -206,12 +213,12 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, *, tokenizer
         "modules": manifest,
         "aliases": aliases,
         "trainable": sorted(n for n, p in model.named_parameters() if p.requires_grad),
-        "weights": {"file": WEIGHTS_NAME, "bytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest()},
     }
-    atomic_write_bytes(directory / WEIGHTS_NAME, payload)
-    if hf_config is not None:
+    json.dumps(meta)  # a field that is not JSON fails here, before anything is written
+    commit_file_set(directory, MPO_CONFIG_NAME, blobs, meta, stale_roles=(WEIGHTS_NAME, CONFIG_NAME))
+    (directory / WEIGHTS_NAME).unlink(missing_ok=True)  # the fixed-name weights of a format-1/2 save
+    if hf_config is not None:  # a plain copy for other tools; the loader reads the committed one
         atomic_write_text(directory / CONFIG_NAME, hf_config.to_json_string())
-    atomic_write_text(directory / MPO_CONFIG_NAME, json.dumps(meta, indent=2, sort_keys=True))  # last: marks a complete save
     if tokenizer is not None:
         tokenizer.save_pretrained(str(directory))
     return directory
@@ -234,10 +241,56 @@ def _read_meta(directory: Path) -> dict:
         raise CheckpointError(
             f"{path} has format_version {meta.get('format_version')!r}; this mpokit reads versions {READABLE_VERSIONS}"
         )
+    if meta["format_version"] >= 3:
+        files = meta.get("files")
+        if not isinstance(files, dict) or WEIGHTS_NAME not in files:
+            raise CheckpointError(f"{path} lists no weights file; the checkpoint is incomplete or corrupt")
+        meta["weights"] = files[WEIGHTS_NAME]
     for key in ("model_class", "modules", "aliases", "weights"):
         if key not in meta:
             raise CheckpointError(f"{path} is missing the field {key!r}; the checkpoint is incomplete or corrupt")
     return meta
+
+
+def _inside(directory: Path, name) -> Path:
+    """``directory / name``, refused when ``name`` leads outside ``directory``."""
+    path = (directory / str(name)).resolve()
+    if path.parent != directory.resolve():
+        raise CheckpointError(f"{directory / MPO_CONFIG_NAME} names the file {name!r}, which lies outside {directory}; "
+                              "refusing to read it")
+    return path
+
+
+def read_checkpoint_config(directory: str | os.PathLike, meta: dict | None = None):
+    """The transformers config of the checkpoint in ``directory``: the committed, checksummed copy (format 3),
+    or ``config.json`` of older formats. ``None`` for a model saved without one."""
+    import transformers
+
+    directory = Path(directory)
+    meta = _read_meta(directory) if meta is None else meta
+    if not meta.get("has_config", True):
+        return None
+    if meta["format_version"] < 3:
+        if not (directory / CONFIG_NAME).is_file():
+            return None
+        try:
+            return transformers.AutoConfig.from_pretrained(str(directory))
+        except Exception as e:  # noqa: BLE001 - report as a checkpoint problem
+            raise CheckpointError(f"{directory / CONFIG_NAME} cannot be read as a transformers config: {e}") from None
+    entry = meta["files"].get(CONFIG_NAME)
+    if entry is None:
+        return None
+    path = _inside(directory, entry["file"])
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing; the checkpoint folder is incomplete")
+    data = path.read_bytes()
+    if len(data) != entry["bytes"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        raise CheckpointError(f"{path} is corrupt or was changed: its size or SHA-256 does not match {MPO_CONFIG_NAME}")
+    try:
+        values = json.loads(data)
+        return transformers.CONFIG_MAPPING[values["model_type"]].from_dict(values)
+    except Exception as e:  # noqa: BLE001 - report as a checkpoint problem
+        raise CheckpointError(f"{path} cannot be read as a transformers config: {e}") from None
 
 
 def load_checked_weights(directory: str | os.PathLike, meta: dict | None = None) -> dict[str, torch.Tensor]:
@@ -247,7 +300,7 @@ def load_checked_weights(directory: str | os.PathLike, meta: dict | None = None)
 
     directory = Path(directory)
     meta = _read_meta(directory) if meta is None else meta
-    wpath = directory / meta["weights"]["file"]
+    wpath = _inside(directory, meta["weights"]["file"])
     if not wpath.is_file():
         raise CheckpointError(f"{wpath} is missing; the checkpoint folder is incomplete")
     data = wpath.read_bytes()
@@ -271,7 +324,8 @@ def load_checked_weights(directory: str | os.PathLike, meta: dict | None = None)
 def _build_from_config(directory: Path, meta: dict) -> nn.Module:
     """The dense transformers model described by ``config.json`` (random weights)."""
     cls_name = meta["model_class"]
-    if not meta.get("has_config", True) or not (directory / CONFIG_NAME).is_file():
+    hf_config = read_checkpoint_config(directory, meta)
+    if hf_config is None:
         raise CheckpointError(
             f"{directory} holds a {cls_name} saved without a transformers {CONFIG_NAME}, so it cannot be built "
             f"from the folder; pass a freshly built dense model: from_pretrained({str(directory)!r}, model={cls_name}(...))"
@@ -284,10 +338,6 @@ def _build_from_config(directory: Path, meta: dict) -> nn.Module:
             f"model class {cls_name!r} is not in this transformers version; pass a freshly built dense model "
             f"with from_pretrained({str(directory)!r}, model=...)"
         )
-    try:
-        hf_config = transformers.AutoConfig.from_pretrained(str(directory))
-    except Exception as e:  # noqa: BLE001 - report as a checkpoint problem
-        raise CheckpointError(f"{directory / CONFIG_NAME} cannot be read as a transformers config: {e}") from None
     return cls._from_config(hf_config) if hasattr(cls, "_from_config") else cls(hf_config)
 
 

@@ -386,6 +386,17 @@ def _check_checkpoint_task(where, config, task, labels, model_class, causal, seq
 def _read_config(src: ModelSource):
     from transformers import AutoConfig
 
+    if src.kind == "mpokit":  # the committed, checksummed config of the checkpoint
+        from .io import CheckpointError, read_checkpoint_config
+
+        try:
+            config = read_checkpoint_config(src.folder)
+        except CheckpointError as e:
+            raise ModelSourceError(str(e)) from None
+        if config is None:
+            raise ModelSourceError(f"{str(src.path)!r} holds a model saved without a transformers config; load it "
+                                   "with mpokit.from_pretrained(folder, model=<a freshly built dense model>)")
+        return config
     kwargs = {"gguf_file": src.gguf_file} if src.gguf_file else {}
     try:
         return AutoConfig.from_pretrained(str(src.folder), **kwargs)

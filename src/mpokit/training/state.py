@@ -1,8 +1,8 @@
 """The one training-state format: what a run needs to resume, beside the model checkpoint.
 
 A state folder holds ``trainer_state.json`` (the manifest, JSON) and, committed by it as one set
-(:func:`mpokit.atomic.commit_file_set`), ``model_state-<sha>.safetensors`` (every tensor of the
-model, a shared tensor once) and ``optimizer-<sha>.safetensors`` (the optimizer's tensors; its
+(:func:`mpokit.atomic.commit_file_set`), ``model_state.<sha>.safetensors`` (every tensor of the
+model, a shared tensor once) and ``optimizer.<sha>.safetensors`` (the optimizer's tensors; its
 scalars and groups live in the JSON). The JSON also holds the scheduler state, the RNG states of
 Python, NumPy and torch (CPU and CUDA) as plain integers, the states of named ``torch.Generator``s
 (e.g. a DataLoader's shuffler) and the caller's own fields. A kill during a save leaves the
