@@ -298,9 +298,9 @@ def test_regress_csv(files, tmp_path, capsys):
     assert report["ratio"] <= 0.6 and "a new regress head" in report["head"]
 
 
-@pytest.mark.parametrize("method", ["squeeze", "lowrank"])
+@pytest.mark.parametrize("method", ["squeeze", "direct", "prune", "lowrank"])
 def test_lm_text_file_on_gpt2(method, files, tmp_path, capsys):
-    """GPT-2's Conv1D matrices: MPO (squeeze) and low-rank; perplexity before and after, on blocks of tokens."""
+    """GPT-2's Conv1D matrices, every method; perplexity before and after, on blocks of tokens."""
     out = tmp_path / method
     extra = ["--step-size", "0.5", "--matrices-per-step", "4"] if method == "squeeze" else []
     code, printed, err = _squeeze(capsys, "--model", files["gpt2"], "--data", files["lm_train"], "--validation-data",
