@@ -13,8 +13,7 @@ __all__ = ["FinetuneConfig", "config_from_dict", "RESUME_MAY_CHANGE"]
 
 # Options a resumed run may change: where it stops and how it shows progress. Everything else must match
 # the interrupted run (the optimizer state, the data order and the schedule were made with it).
-RESUME_MAY_CHANGE = ("epochs", "resume", "stop_after_epochs", "progress", "num_threads", "save_best", "save_last",
-                     "overwrite")
+RESUME_MAY_CHANGE = ("epochs", "resume", "stop_after_epochs", "progress", "num_threads", "save_best", "save_last")
 _DATA_FIELDS = tuple(f.name for f in fields(DataSpec))
 _EXAMPLES = {"epochs": 3, "batch_size": 32, "eval_batch_size": 64, "lora_rank": 8, "max_steps_per_epoch": 100,
              "num_threads": 4, "stop_after_epochs": 1}
@@ -71,7 +70,6 @@ class FinetuneConfig:
     stop_after_epochs: int | None = None  # train at most this many epochs in this call (continue with resume=True)
     save_best: bool = True
     save_last: bool = True
-    overwrite: bool = False  # allow an output_dir that holds another run
     cpu: bool = False
     num_threads: int | None = None
     progress: bool = True
