@@ -33,7 +33,7 @@ def make_models(folder: Path) -> TinyModels:
     import torch
     import transformers as T
 
-    from mpokit.pretrained import default_model_path
+    from mpokit.recipes.models import default_model_path
 
     tokenizer = T.AutoTokenizer.from_pretrained(str(default_model_path()))
     torch.manual_seed(0)

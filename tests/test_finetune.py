@@ -22,7 +22,7 @@ def tiny_folder(tmp_path_factory):
     """A tiny random BERT saved like a hub model, with the real all-MiniLM-L6-v2 tokenizer (vocab 30522)."""
     import transformers as T
 
-    from mpokit.pretrained import default_model_path
+    from mpokit.recipes.models import default_model_path
 
     folder = tmp_path_factory.mktemp("tiny_bert")
     torch.manual_seed(0)

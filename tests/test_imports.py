@@ -24,7 +24,7 @@ def test_import_mpokit_is_light():
 
 def test_cli_and_reporting_modules_are_light():
     loaded = _modules_after(
-        "import mpokit.cli, mpokit.analysis, mpokit.plots, mpokit.pretrained, mpokit.commands.decompose"
+        "import mpokit.cli, mpokit.analysis, mpokit.plots, mpokit.loading, mpokit.commands.decompose"
     )
     heavy = sorted({m.split(".")[0] for m in loaded if m.split(".")[0] in HEAVY})
     assert not heavy, f"importing the CLI modules imported {heavy}"

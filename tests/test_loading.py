@@ -338,15 +338,14 @@ def test_mpo_weights_without_mpo_config_are_refused(tmp_path, minilm_tokenizer):
     assert "MPO cores" in message and "mpo_config.json" in message and "MPOCheckpointCallback" in message
 
 
-def test_load_pretrained_goes_through_load_model(mpo_classifier_folder, bert_folder, tmp_path):
-    from mpokit.pretrained import default_model_path, load_pretrained
-
+def test_base_model_loading_without_a_tokenizer(mpo_classifier_folder, bert_folder, tmp_path):
     folder, reference = mpo_classifier_folder
-    assert isinstance(load_pretrained(folder).bert.encoder.layer[0].intermediate.dense, MPOModule)
-    assert type(load_pretrained(bert_folder[0])).__name__ == "BertModel"
-    assert default_model_path() == __import__("pathlib").Path(recipe_models.minilm_path())
-    with pytest.raises(FileNotFoundError, match="config.json"):
-        load_pretrained(tmp_path / "nowhere")
+    loaded = load_model(folder, with_tokenizer=False)
+    assert loaded.tokenizer is None and isinstance(loaded.model.bert.encoder.layer[0].intermediate.dense, MPOModule)
+    assert type(load_model(bert_folder[0], with_tokenizer=False).model).__name__ == "BertModel"
+    assert recipe_models.default_model_path() == __import__("pathlib").Path(recipe_models.minilm_path())
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_model(tmp_path / "nowhere", with_tokenizer=False)
 
 
 # ---------------------------------------------------------------------------

@@ -42,7 +42,7 @@ def files(tmp_path_factory):
     from tokenizers import Tokenizer, models, pre_tokenizers
 
     import mpokit
-    from mpokit.pretrained import default_model_path
+    from mpokit.recipes.models import default_model_path
     from mpokit.squeezing import encoder_mpo_config
 
     root = tmp_path_factory.mktemp("squeeze_cli")

@@ -46,7 +46,7 @@ def test_full_bond_outputs_equal_original(arch):
 @pytest.fixture(scope="module")
 def minilm():
     from mpokit.loading import load_model
-    from mpokit.pretrained import default_model_path
+    from mpokit.recipes.models import default_model_path
 
     loaded = load_model(default_model_path(), task="classify", num_labels=2, seed=0)
     return loaded.model.eval(), loaded.tokenizer

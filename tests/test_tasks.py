@@ -15,7 +15,7 @@ transformers = pytest.importorskip("transformers")
 
 from mpokit.data import DataError, load_data  # noqa: E402
 from mpokit.data.labels import TASK_NAMES  # noqa: E402
-from mpokit.pretrained import default_model_path  # noqa: E402
+from mpokit.recipes.models import default_model_path  # noqa: E402
 from mpokit.tasks import TASKS, ModelMismatchError, get_task  # noqa: E402
 from mpokit.tasks.metrics import accuracy, average_ranks, confusion_matrix, macro_f1, pearson, spearman  # noqa: E402
 

@@ -45,11 +45,14 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..analysis import decompose_model, format_table, summarize, write_report
-    from ..pretrained import default_model_path, load_pretrained
+    from ..atomic import check_output_dir
+    from ..loading import load_model
+    from ..recipes.models import resolve_model_source
 
-    model_path = str(args.model or default_model_path())
+    check_output_dir(args.out)
+    model_path = resolve_model_source(args.model)
     start = time.perf_counter()
-    model = load_pretrained(model_path)
+    model = load_model(model_path, with_tokenizer=False).model.eval()
     load_seconds = time.perf_counter() - start
     reports = decompose_model(
         model,

@@ -84,6 +84,9 @@ def _command() -> str | None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from ..atomic import check_output_dir
+
+    check_output_dir(args.out or f"runs/lstm_{args.task}_{args.preset}")
     if args.combine:
         if not args.out:
             raise ValueError("--combine needs --out for the merged folder, e.g. --out runs/lstm_classify_full_all")

