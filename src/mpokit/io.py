@@ -163,8 +163,9 @@ def apply_structure(model: nn.Module, manifest: list[dict]) -> None:
 # ---------------------------------------------------------------------------
 
 
-def _state_and_aliases(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """State dict with each shared tensor stored once; ``aliases`` maps a dropped name to the kept one."""
+def state_and_aliases(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """``(tensors, aliases)``: the state dict on the CPU with each shared tensor stored once; ``aliases`` maps a
+    dropped name to the kept one. Used by the checkpoints and the training state."""
     tensors, aliases, seen = {}, {}, {}
     for name, t in model.state_dict().items():
         key = (t.data_ptr(), t.dtype, tuple(t.shape), t.stride(), t.device) if t.numel() else None
@@ -197,7 +198,7 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, *, tokenizer
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     manifest = structure_manifest(model)
-    tensors, aliases = _state_and_aliases(model)
+    tensors, aliases = state_and_aliases(model)
     payload = st_save(tensors, metadata={"format": "pt", "producer": "mpokit"})
     mpo_config = getattr(model, "mpo_config", None)
     blobs = {WEIGHTS_NAME: payload}

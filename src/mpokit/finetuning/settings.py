@@ -24,32 +24,17 @@ def _is_int(v) -> bool:
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(DataSpec):
     """Options of :func:`mpokit.finetune` (and of ``mpokit finetune``).
 
-    ``model_path``: a transformers folder, an mpokit checkpoint folder or a ``.gguf`` file.
-    Data options (``data``, ``validation_data``, ..., ``split_seed``) are those of
-    :class:`mpokit.inputs.DataSpec`; ``task`` is inferred from the labels when None.
+    The data options (``data``, ``validation_data``, ..., ``split_seed``) are those of
+    :class:`mpokit.inputs.DataSpec`, which this class extends; ``task`` is inferred from the labels
+    when None. ``model_path``: a transformers folder, an mpokit checkpoint folder or a ``.gguf`` file.
     """
 
     method: str = "mpo-lfa"
     model_path: str | None = None
     output_dir: str = "runs/finetune"
-    data: str | None = None
-    validation_data: str | None = None
-    test_data: str | None = None
-    validation_split: float | None = None
-    test_split: float | None = None
-    text_column: str = "text"
-    text_pair_column: str | None = None
-    label_column: str | None = "label"
-    task: str | None = None
-    max_length: int = 64
-    block_size: int | None = None
-    train_size: int | None = None
-    validation_size: int | None = None
-    test_size: int | None = None
-    split_seed: int = 0
     epochs: int = 1
     lr: float = 5e-5
     mpo_lr: float | None = None
@@ -73,9 +58,6 @@ class FinetuneConfig:
     cpu: bool = False
     num_threads: int | None = None
     progress: bool = True
-
-    def __post_init__(self) -> None:
-        self.validate()
 
     def validate(self) -> None:
         """Raise a ValueError naming the first bad option; called on construction and when the job starts."""
@@ -111,8 +93,7 @@ class FinetuneConfig:
         if self.init_from is not None and (self.param_ratio is not None or self.max_bond is not None):
             raise ValueError("init_from loads an already compressed model: drop param_ratio / max_bond "
                              f"(got param_ratio={self.param_ratio!r}, max_bond={self.max_bond!r})")
-        if not self.compress_only:
-            self.data_spec()  # the data options' own checks
+        super().validate()  # the data options
 
     def data_spec(self) -> DataSpec:
         return DataSpec(**{k: getattr(self, k) for k in _DATA_FIELDS})

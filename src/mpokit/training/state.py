@@ -23,7 +23,7 @@ from torch import nn
 from ..atomic import FileSetError, commit_file_set, read_file_set
 
 __all__ = ["STATE_MANIFEST", "STATE_VERSION", "save_training_state", "load_training_state", "rng_state",
-           "set_rng_state", "model_tensors", "read_training_state", "TrainingStateError"]
+           "set_rng_state", "read_training_state", "TrainingStateError"]
 
 STATE_MANIFEST = "trainer_state.json"
 STATE_VERSION = 2
@@ -31,21 +31,6 @@ STATE_VERSION = 2
 
 class TrainingStateError(FileSetError):
     """A training state that cannot be resumed (missing, corrupt, or for another model or settings)."""
-
-
-def model_tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """``(tensors, aliases)``: the state dict with each shared tensor stored once; ``aliases`` maps a dropped
-    name to the kept one."""
-    tensors, aliases, seen = {}, {}, {}
-    for name, t in model.state_dict().items():
-        key = (t.data_ptr(), t.dtype, tuple(t.shape), t.stride(), t.device) if t.numel() else None
-        if key is not None and key in seen:
-            aliases[name] = seen[key]
-            continue
-        if key is not None:
-            seen[key] = name
-        tensors[name] = t.detach().to("cpu").contiguous()
-    return tensors, aliases
 
 
 def rng_state() -> dict:
@@ -108,7 +93,9 @@ def save_training_state(directory: str | Path, model: nn.Module, *, optimizer=No
     fields of ``state`` to ``directory`` as one set (see the module docstring)."""
     from safetensors.torch import save as st_save
 
-    tensors, aliases = model_tensors(model)
+    from ..io import state_and_aliases
+
+    tensors, aliases = state_and_aliases(model)
     blobs = {"model_state.safetensors": st_save(tensors)}
     manifest = {"version": STATE_VERSION, "aliases": aliases, "rng": rng_state(), "state": dict(state or {})}
     if optimizer is not None:
@@ -123,20 +110,25 @@ def save_training_state(directory: str | Path, model: nn.Module, *, optimizer=No
     commit_file_set(directory, STATE_MANIFEST, blobs, manifest)
 
 
+def _read_set(directory: Path) -> tuple[dict, dict[str, bytes]]:
+    """The verified manifest and files of the state in ``directory``, of this mpokit's version."""
+    try:
+        manifest, blobs = read_file_set(directory, STATE_MANIFEST)
+    except FileSetError as e:
+        raise TrainingStateError(f"cannot resume from {directory}: {e}") from None
+    if manifest.get("version") != STATE_VERSION:
+        raise TrainingStateError(f"{directory / STATE_MANIFEST} has version {manifest.get('version')!r}; this mpokit "
+                                 f"reads version {STATE_VERSION}. Start a new run in another folder")
+    return manifest, blobs
+
+
 def read_training_state(directory: str | Path) -> dict | None:
     """The caller's ``state`` fields of the training state in ``directory`` (every file verified), without
     loading anything; ``None`` when ``directory`` holds no training state."""
     directory = Path(directory)
     if not (directory / STATE_MANIFEST).is_file():
         return None
-    try:
-        manifest, _ = read_file_set(directory, STATE_MANIFEST)
-    except FileSetError as e:
-        raise TrainingStateError(f"cannot resume from {directory}: {e}") from None
-    if manifest.get("version") != STATE_VERSION:
-        raise TrainingStateError(f"{directory / STATE_MANIFEST} has version {manifest.get('version')!r}; this mpokit "
-                                 f"reads version {STATE_VERSION}. Start a new run in another folder")
-    return manifest["state"]
+    return _read_set(directory)[0]["state"]
 
 
 def load_training_state(directory: str | Path, model: nn.Module, *, optimizer=None, scheduler=None,
@@ -149,13 +141,7 @@ def load_training_state(directory: str | Path, model: nn.Module, *, optimizer=No
     from safetensors.torch import load as st_load
 
     directory = Path(directory)
-    try:
-        manifest, blobs = read_file_set(directory, STATE_MANIFEST)
-    except FileSetError as e:
-        raise TrainingStateError(f"cannot resume from {directory}: {e}") from None
-    if manifest.get("version") != STATE_VERSION:
-        raise TrainingStateError(f"{directory / STATE_MANIFEST} has version {manifest.get('version')!r}; this mpokit "
-                                 f"reads version {STATE_VERSION}. Start a new run in another folder")
+    manifest, blobs = _read_set(directory)
     tensors = st_load(blobs["model_state.safetensors"])
     for alias, canonical in manifest["aliases"].items():
         tensors[alias] = tensors[canonical]
