@@ -20,8 +20,9 @@ gauge is then set by scaling bond indices with those values.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field, replace
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -358,8 +359,16 @@ class MPO:
         cls, cores: Sequence[torch.Tensor], shape: tuple[int, int] | None = None, gauge: str = "symmetric"
     ) -> "MPO":
         """Wrap arbitrary cores (e.g. after training): re-canonicalise and recompute exact singular values."""
-        cores = [c.detach() for c in cores]
+        cores = list(cores)
         _check_cores(cores)
+        cores = [c.detach() for c in cores]
+        for k, c in enumerate(cores):  # an SVD / eigh of non-finite values fails deep inside torch
+            if not bool(torch.isfinite(c).all()):
+                bad = int((~torch.isfinite(c)).sum())
+                raise ValueError(
+                    f"core {k} (shape {tuple(c.shape)}) has {bad} NaN or inf entries; an MPO needs finite cores, "
+                    f"e.g. check the training run that produced them or use torch.nan_to_num(core)"
+                )
         out_modes = tuple(c.shape[1] for c in cores)
         in_modes = tuple(c.shape[2] for c in cores)
         if shape is None:
@@ -491,6 +500,7 @@ class MPO:
         if criterion is None:
             raise ValueError("truncate needs one criterion, e.g. mpo.truncate(max_bond=32)")
         current = self.bond_dims
+        max_bond, rel_error, max_params = (criterion.get(k) for k in ("max_bond", "rel_error", "max_params"))
         if max_bond is not None:
             caps = [max_bond] * len(current) if isinstance(max_bond, int) else list(max_bond)
         elif rel_error is not None:
@@ -562,11 +572,22 @@ def _check_cores(cores: Sequence[torch.Tensor]) -> None:
             "e.g. MPO.from_matrix(torch.randn(768, 768)).cores"
         )
     for k, c in enumerate(cores):
+        if not isinstance(c, torch.Tensor):
+            raise TypeError(f"core {k} must be a torch.Tensor, got {type(c).__name__}; e.g. torch.randn(1, 4, 4, 8)")
+        if not c.is_floating_point():
+            raise TypeError(f"core {k} must be floating point, got {c.dtype}; e.g. core.float()")
         if c.dim() != 4:
             raise ValueError(
                 f"core {k} has shape {tuple(c.shape)}; cores must be 4-D (d_{{k-1}}, i_k, j_k, d_k), "
                 f"e.g. (12, 4, 4, 192)"
             )
+    kinds = {(c.dtype, c.device) for c in cores}
+    if len(kinds) > 1:
+        found = ", ".join(f"core {k}: {c.dtype} on {c.device}" for k, c in enumerate(cores))
+        raise ValueError(
+            f"all cores must share one dtype and device, got {found}; move them together first, "
+            f"e.g. [c.to(device='cpu', dtype=torch.float32) for c in cores]"
+        )
     if cores[0].shape[0] != 1 or cores[-1].shape[3] != 1:
         raise ValueError(
             f"the outer bonds must be 1, got d_0={cores[0].shape[0]} and d_n={cores[-1].shape[3]}; "
@@ -581,32 +602,59 @@ def _check_cores(cores: Sequence[torch.Tensor]) -> None:
             )
 
 
+def _as_int(name: str, value, example: str) -> int:
+    """``value`` as an int (Python or NumPy integers; not bools, floats or strings), else a TypeError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__}); e.g. {example}")
+    return int(value)
+
+
 def _check_criteria(max_bond, rel_error, max_params, out_modes, in_modes) -> dict | None:
+    """The truncation criterion given (at most one), its value normalised (ints, a list of ints, a float), or None.
+
+    Wrong types raise ``TypeError`` ("must be an int" / "must be a number"), values out of range ``ValueError``.
+    """
     given = {k: v for k, v in (("max_bond", max_bond), ("rel_error", rel_error), ("max_params", max_params)) if v is not None}
     if len(given) > 1:
         raise ValueError(
             f"give at most one truncation criterion, got {sorted(given)} = {given}; "
             "e.g. max_bond=32, or rel_error=0.05, or max_params=20000"
         )
+    n_bonds = len(out_modes) - 1
     if max_bond is not None:
-        bonds = [max_bond] if isinstance(max_bond, int) else list(max_bond)
-        if not isinstance(max_bond, int) and len(bonds) != len(out_modes) - 1:
-            raise ValueError(
-                f"max_bond as a sequence needs one cap per bond ({len(out_modes) - 1}), got {tuple(bonds)}; "
-                f"e.g. max_bond=32 or max_bond={(32,) * (len(out_modes) - 1)}"
+        if isinstance(max_bond, (str, bytes)) or not isinstance(max_bond, (numbers.Integral, Sequence)):
+            raise TypeError(
+                f"max_bond must be an int (one cap for every bond) or a sequence of {n_bonds} ints, got "
+                f"{max_bond!r} ({type(max_bond).__name__}); e.g. max_bond=32 or max_bond={[32] * n_bonds}"
             )
-        if any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in bonds):
+        single = isinstance(max_bond, numbers.Integral)
+        bonds = [_as_int("max_bond", b, "max_bond=32") for b in ([max_bond] if single else max_bond)]
+        if not single and len(bonds) != n_bonds:
+            raise ValueError(
+                f"max_bond as a sequence needs one cap per bond ({n_bonds}), got {tuple(bonds)}; "
+                f"e.g. max_bond=32 or max_bond={(32,) * n_bonds}"
+            )
+        if any(b < 1 for b in bonds):
             raise ValueError(f"max_bond must be >= 1, got {max_bond!r}; e.g. max_bond=32")
+        given["max_bond"] = bonds[0] if single else bonds
     if rel_error is not None:
-        if isinstance(rel_error, bool) or not isinstance(rel_error, (int, float)) or not (0.0 <= rel_error < 1.0):
+        if isinstance(rel_error, bool) or not isinstance(rel_error, numbers.Real):
+            raise TypeError(
+                f"rel_error must be a number in [0, 1), got {rel_error!r} ({type(rel_error).__name__}); "
+                "e.g. rel_error=0.05"
+            )
+        if not (0.0 <= rel_error < 1.0):  # NaN fails this too
             raise ValueError(
                 f"rel_error must be in [0, 1) (a relative Frobenius error budget), got {rel_error!r}; e.g. rel_error=0.05"
             )
+        given["rel_error"] = float(rel_error)
     if max_params is not None:
         smallest = shapes.min_num_params(out_modes, in_modes)
-        if isinstance(max_params, bool) or not isinstance(max_params, int) or max_params < smallest:
+        max_params = _as_int("max_params", max_params, f"max_params={max(smallest * 4, 1)}")
+        if max_params < smallest:
             raise ValueError(
                 f"max_params={max_params!r} is below the smallest possible MPO for modes out {tuple(out_modes)} x "
                 f"in {tuple(in_modes)} (all bonds 1: {smallest} parameters); e.g. max_params={max(smallest * 4, 1)}"
             )
+        given["max_params"] = max_params
     return given or None

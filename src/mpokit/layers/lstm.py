@@ -63,6 +63,7 @@ from .lstm_recurrence import lengths_from_batch_sizes, lstm_direction, packed_to
 __all__ = [
     "MPOLSTM",
     "LSTMWeightMPO",
+    "EmptySequenceError",
     "lstm_modes",
     "gate_modes",
     "bond_dim_for_rate",
@@ -72,6 +73,10 @@ __all__ = [
 ]
 
 EXECUTIONS = ("auto", "fused", "stepwise")
+
+
+class EmptySequenceError(ValueError, RuntimeError):
+    """An input with sequence length 0. A ValueError, and a RuntimeError as ``nn.LSTM``'s error for it is."""
 
 
 # ---------------------------------------------------------------------------
@@ -438,9 +443,14 @@ class MPOLSTM(nn.Module):
         ``input``: ``(T, B, X)`` (``(B, T, X)`` if batch_first), unbatched
         ``(T, X)``, or a ``PackedSequence``. ``hx``: ``(h_0, c_0)``, each
         ``(num_layers * num_directions, B, H)`` (2-D for unbatched input).
-        ``lengths``: optional per-sequence lengths for a padded batched tensor;
+        ``lengths``: optional per-sequence lengths for a padded batched tensor,
+        one int per sequence, each in ``[1, T]`` (anything else raises);
         output is then zero beyond each length and ``h_n``/``c_n`` are the
         states at each sequence's last valid step (as with packing).
+
+        As with ``nn.LSTM``, a batch of 0 sequences gives empty outputs of the
+        right shape, and a sequence length of 0 raises (:class:`EmptySequenceError`,
+        a ``ValueError`` and ``RuntimeError``).
         """
         if lengths is not None:
             if isinstance(input, PackedSequence):
@@ -452,7 +462,10 @@ class MPOLSTM(nn.Module):
                     f"e.g. input of shape (T, B, {self.input_size}) with lengths of shape (B,)"
                 )
             total = input.shape[1 if self.batch_first else 0]
-            lengths_cpu = torch.as_tensor(lengths).to("cpu", torch.int64)
+            batch = input.shape[0 if self.batch_first else 1]
+            lengths_cpu = self._check_lengths(lengths, batch, total)
+            if batch == 0:  # nothing to pack: the empty batch runs as nn.LSTM runs it
+                return self.forward(input, hx)
             packed = pack_padded_sequence(input, lengths_cpu, batch_first=self.batch_first, enforce_sorted=False)
             out, state = self.forward(packed, hx)
             padded, _ = pad_packed_sequence(out, batch_first=self.batch_first, total_length=total)
@@ -482,6 +495,13 @@ class MPOLSTM(nn.Module):
             )
         self._check_input(input)
         batched = input.dim() == 3
+        steps = input.shape[1 if batched and self.batch_first else 0]
+        if steps == 0:
+            raise EmptySequenceError(
+                f"input of shape {tuple(input.shape)} has sequence length 0; an LSTM needs at least one time step "
+                f"(nn.LSTM raises 'Expected sequence length to be larger than 0' here too), "
+                f"e.g. an input of shape {'(B, 1, ' if batched and self.batch_first else '(1, B, '}{self.input_size})"
+            )
         if not batched:
             input = input.unsqueeze(1)  # (T, 1, X)
         elif self.batch_first:
@@ -493,6 +513,33 @@ class MPOLSTM(nn.Module):
         if self.batch_first:
             output = output.transpose(0, 1)
         return output, (h_n, c_n)
+
+    def _check_lengths(self, lengths, batch: int, total: int) -> torch.Tensor:
+        """``lengths`` as a CPU int64 tensor of shape ``(batch,)`` with every entry in ``[1, total]``, else an error."""
+        layout = "(B, T, X)" if self.batch_first else "(T, B, X)"
+        example = f"e.g. lengths=[{total}] * {batch}" if batch else "e.g. lengths=[] for an empty batch"
+        try:
+            values = torch.as_tensor(lengths, device="cpu") if not isinstance(lengths, torch.Tensor) else lengths.cpu()
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise TypeError(f"lengths must be a sequence of ints (one per sequence of the batch), got {lengths!r} "
+                            f"({e}); {example}") from None
+        if values.dtype == torch.bool or values.is_complex() or (
+                values.is_floating_point() and not bool((values == values.round()).all())):
+            raise TypeError(f"lengths must hold whole numbers (ints), got {values.tolist()!r} ({values.dtype}); {example}")
+        if values.dim() != 1 or values.shape[0] != batch:
+            raise ValueError(
+                f"lengths must have one entry per sequence: the input {layout} has batch size B={batch}, but lengths "
+                f"has shape {tuple(values.shape)} ({values.tolist()!r}); {example}"
+            )
+        values = values.to(torch.int64)
+        bad = [(b, int(v)) for b, v in enumerate(values.tolist()) if not 1 <= v <= total]
+        if bad:
+            shown = ", ".join(f"lengths[{b}]={v}" for b, v in bad[:4]) + (", ..." if len(bad) > 4 else "")
+            raise ValueError(
+                f"every length must be in [1, T] with T={total}, the padded length of the input {layout}; got {shown}; "
+                f"{example}"
+            )
+        return values
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.shape[-1] != self.input_size:
@@ -543,6 +590,8 @@ class MPOLSTM(nn.Module):
         else:
             steps, batch = x.shape[0], x.shape[1]
             tokens = steps * batch
+        if batch == 0:  # an empty batch: the fused kernel returns empty outputs of the right shape, as nn.LSTM
+            return self._run_fused(x, batch_sizes, hx)
         plan = self.plan(tokens, batch, steps)
         if plan["execution"] == "fused":
             return self._run_fused(x, batch_sizes, hx)
