@@ -6,6 +6,13 @@ in_features)`` is decomposed with :meth:`mpokit.MPO.from_matrix`; the report
 records its modes, bond dimensions, parameters, the measured relative error
 ``||W - MPO(W)||_F / ||W||_F`` with its bound, and the singular values and
 entanglement entropy of every bond. Nothing here changes the model.
+
+A model that holds MPO layers (an mpokit checkpoint, a compressed model) has
+matrices that are no module's ``weight``: each MPO layer's matrices
+(``Converter.mpo_matrices``, e.g. the W and U of an ``MPOLSTM``) are rebuilt
+from its cores and decomposed like the dense ones. Their reports say so
+(``source="mpo"``, the layer's class and its bond dimensions), and so do the
+tables (column "from").
 """
 
 from __future__ import annotations
@@ -13,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,10 +28,13 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
+from .atomic import atomic_write_bytes, atomic_write_text
 from .mpo import MPO
 
 __all__ = [
     "MatrixReport",
+    "WeightMatrix",
+    "weight_matrices",
     "named_weight_matrices",
     "decompose_matrix",
     "decompose_model",
@@ -53,6 +62,9 @@ class MatrixReport:
     central_bond: int  # index into bond_dims / entropies
     singular_values: list[list[float]] = field(repr=False)  # per bond, descending
     seconds: float = 0.0
+    source: str = "dense"  # "dense": a module's weight; "mpo": rebuilt from the cores of an MPO layer
+    mpo_layer: str | None = None  # for source "mpo": the class of the layer holding the cores (e.g. "MPOLinear")
+    mpo_bond_dims: tuple[int, ...] | None = None  # for source "mpo": the bond dimensions that layer holds
 
     @property
     def compression_ratio(self) -> float:
@@ -83,15 +95,58 @@ class MatrixReport:
         return out
 
 
-def named_weight_matrices(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    """``(module name, W)`` for every Linear / Embedding / Conv1D; ``W`` is ``(out_features, in_features)``.
+@dataclass(frozen=True)
+class WeightMatrix:
+    """One weight matrix of a model, as :func:`weight_matrices` lists it.
+
+    ``matrix`` is ``(out_features, in_features)`` (``(num_embeddings, dim)`` for embeddings), detached.
+    ``source`` is ``"dense"`` (a module's weight) or ``"mpo"`` (rebuilt from the cores of an MPO layer;
+    ``mpo_layer`` is its class name and ``mpo_bond_dims`` its bond dimensions).
+    """
+
+    name: str
+    matrix: torch.Tensor
+    source: str = "dense"
+    mpo_layer: str | None = None
+    mpo_bond_dims: tuple[int, ...] | None = None
+
+
+def weight_matrices(model: nn.Module) -> list[WeightMatrix]:
+    """Every weight matrix of ``model``, in module order: dense Linear / Embedding / Conv1D weights and the
+    matrices of its MPO layers, rebuilt from their cores.
 
     Embedding tables come as ``(num_embeddings, embedding_dim)``. Conv1D
     (GPT-2) stores ``(in, out)``, so its weight is transposed. Shared
-    (tied) weights are listed once, under their first name.
+    (tied) weights are listed once, under their first name; a head tied to
+    an MPO embedding (``MPOTiedLinear``) holds no matrix of its own. An MPO
+    layer's matrices are named ``<module>.<suffix>`` with the suffixes of its
+    converter (``Converter.mpo_matrices``: none for a single matrix,
+    ``weight_ih_l0``, ... for an ``MPOLSTM``); a module whose weight an
+    ``MPOWeight`` parametrizes is listed under its own name.
     """
+    from .converters import converted_modules
+
+    converted = {name: (module, conv, parametrized) for name, module, conv, parametrized in converted_modules(model)}
+    out: list[WeightMatrix] = []
     seen: set[int] = set()
+    inside: str | None = None
     for name, module in model.named_modules():
+        if inside is not None and name.startswith(inside + "."):
+            continue  # the cores and submodules of an MPO layer listed already
+        if name in converted:
+            inside = name
+            module, conv, parametrized = converted[name]
+            holders = [("", module.parametrizations["weight"][0])] if parametrized else conv.mpo_matrices(module)
+            layer = type(module).__name__ if not parametrized else f"{type(module).__name__} (MPOWeight)"
+            for suffix, holder in holders:
+                if id(holder) in seen:
+                    continue
+                seen.add(id(holder))
+                with torch.no_grad():
+                    matrix = holder.rebuild_weight().detach()
+                out.append(WeightMatrix(f"{name}.{suffix}" if suffix else name, matrix, "mpo", layer,
+                                        tuple(holder.bond_dims)))
+            continue
         if isinstance(module, (nn.Linear, nn.Embedding)):
             weight = module.weight
         elif type(module).__name__ == "Conv1D" and getattr(module, "weight", None) is not None:
@@ -101,11 +156,20 @@ def named_weight_matrices(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]
         if weight.dim() != 2 or id(module.weight) in seen:
             continue
         seen.add(id(module.weight))
-        yield name, weight.detach()
+        out.append(WeightMatrix(name, weight.detach()))
+    return out
 
 
-def decompose_matrix(name: str, matrix: torch.Tensor, **mpo_options) -> tuple[MPO, MatrixReport]:
-    """Decompose one matrix ``(out_features, in_features)``; ``mpo_options`` go to :meth:`MPO.from_matrix`."""
+def named_weight_matrices(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """``(name, W)`` of every matrix :func:`weight_matrices` lists (dense weights and rebuilt MPO matrices)."""
+    for entry in weight_matrices(model):
+        yield entry.name, entry.matrix
+
+
+def decompose_matrix(name: str, matrix: torch.Tensor, *, source: str = "dense", mpo_layer: str | None = None,
+                     mpo_bond_dims: Sequence[int] | None = None, **mpo_options) -> tuple[MPO, MatrixReport]:
+    """Decompose one matrix ``(out_features, in_features)``; ``mpo_options`` go to :meth:`MPO.from_matrix`.
+    ``source``, ``mpo_layer`` and ``mpo_bond_dims`` are recorded in the report (see :class:`WeightMatrix`)."""
     start = time.perf_counter()
     mpo = MPO.from_matrix(matrix, **mpo_options)
     seconds = time.perf_counter() - start
@@ -126,6 +190,9 @@ def decompose_matrix(name: str, matrix: torch.Tensor, **mpo_options) -> tuple[MP
         central_bond=mpo.central_bond,
         singular_values=[s.double().cpu().tolist() for s in mpo.singular_values],
         seconds=seconds,
+        source=source,
+        mpo_layer=mpo_layer,
+        mpo_bond_dims=None if mpo_bond_dims is None else tuple(int(d) for d in mpo_bond_dims),
     )
     return mpo, report
 
@@ -137,27 +204,29 @@ def decompose_model(
     progress: bool = True,
     **mpo_options,
 ) -> list[MatrixReport]:
-    """Decompose every weight matrix of ``model`` (see :func:`named_weight_matrices`).
+    """Decompose every weight matrix of ``model`` (see :func:`weight_matrices`): the dense weights and the
+    matrices of its MPO layers, rebuilt from their cores (reported with ``source="mpo"``).
 
     ``mpo_options`` are keyword arguments of :meth:`MPO.from_matrix` (n_cores,
     max_bond, rel_error, max_params, gauge, ...). ``dtype`` casts each matrix
     first (e.g. ``torch.float64`` for exactness checks). Shows a tqdm bar
     when ``progress``.
     """
-    matrices = list(named_weight_matrices(model))
+    matrices = weight_matrices(model)
     if not matrices:
         raise ValueError(
-            f"{type(model).__name__} has no Linear, Embedding or Conv1D weight to decompose; "
+            f"{type(model).__name__} has no Linear, Embedding or Conv1D weight and no MPO layer to decompose; "
             "e.g. pass a transformers BertModel"
         )
     from tqdm.auto import tqdm
 
     reports = []
     bar = tqdm(matrices, desc="MPO-decomposing", unit="matrix", disable=not progress)
-    for name, weight in bar:
-        bar.set_postfix_str(name[-40:], refresh=False)
-        matrix = weight if dtype is None else weight.to(dtype)
-        reports.append(decompose_matrix(name, matrix, **mpo_options)[1])
+    for entry in bar:
+        bar.set_postfix_str(entry.name[-40:], refresh=False)
+        matrix = entry.matrix if dtype is None else entry.matrix.to(dtype)
+        reports.append(decompose_matrix(entry.name, matrix, source=entry.source, mpo_layer=entry.mpo_layer,
+                                        mpo_bond_dims=entry.mpo_bond_dims, **mpo_options)[1])
     return reports
 
 
@@ -167,6 +236,7 @@ def summarize(reports: Sequence[MatrixReport]) -> dict:
     mpo = sum(r.num_params for r in reports)
     return {
         "matrices": len(reports),
+        "mpo_matrices": sum(r.source == "mpo" for r in reports),  # rebuilt from the cores of MPO layers
         "dense_params": dense,
         "mpo_params": mpo,
         "compression_ratio": mpo / dense if dense else 0.0,
@@ -176,13 +246,23 @@ def summarize(reports: Sequence[MatrixReport]) -> dict:
     }
 
 
-_COLUMNS = ("matrix", "shape", "out modes x in modes", "bond dims", "params (MPO/dense)", "ratio", "rel err", "bound", "S_center")
+_COLUMNS = ("matrix", "from", "shape", "out modes x in modes", "bond dims", "params (MPO/dense)", "ratio", "rel err",
+            "bound", "S_center")
+
+
+def _source(r: MatrixReport) -> str:
+    """The "from" column: ``dense``, or ``MPO <layer> d=<bonds>`` for a matrix rebuilt from an MPO layer."""
+    if r.source != "mpo":
+        return "dense"
+    bonds = "" if r.mpo_bond_dims is None else f" d={','.join(map(str, r.mpo_bond_dims))}"
+    return f"MPO {r.mpo_layer or 'layer'}{bonds}"
 
 
 def _row(r: MatrixReport) -> tuple[str, ...]:
     modes = f"{'x'.join(map(str, r.out_modes))} x {'x'.join(map(str, r.in_modes))}"
     return (
         r.name,
+        _source(r),
         f"{r.shape[0]}x{r.shape[1]}",
         modes,
         ",".join(map(str, r.bond_dims)),
@@ -196,7 +276,7 @@ def _row(r: MatrixReport) -> tuple[str, ...]:
 
 def _total_row(summary: dict) -> tuple[str, ...]:
     return (
-        f"TOTAL ({summary['matrices']} matrices)", "", "", "",
+        f"TOTAL ({summary['matrices']} matrices)", f"{summary['mpo_matrices']} from MPO layers", "", "", "",
         f"{summary['mpo_params']:,}/{summary['dense_params']:,}",
         f"{summary['compression_ratio']:.3f}",
         f"{summary['max_rel_error']:.1e}", f"{summary['max_rel_error_bound']:.1e}", "",
@@ -220,29 +300,17 @@ def format_markdown(reports: Sequence[MatrixReport], settings: dict | None = Non
     out += ["", "| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
     out += ["| " + " | ".join(row) + " |" for row in (*(_row(r) for r in reports), _total_row(summarize(reports)))]
     out += ["", "rel err: measured ||W - MPO(W)||_F / ||W||_F; bound: sqrt(sum_k eps_k^2) / ||W||_F; "
-            "S_center: entanglement entropy at the central bond (nats)."]
+            "S_center: entanglement entropy at the central bond (nats); from: `dense` for a module's weight, "
+            "`MPO <layer> d=<bonds>` for a matrix rebuilt from the cores of the model's MPO layer (its rank is "
+            "bounded by those bonds, not by the original dense weight's)."]
     return "\n".join(out) + "\n"
 
 
 def _publish(tmp: str, path: Path) -> None:
-    """Give a finished temporary file the usual permissions (mkstemp makes it 0600) and move it in place."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        _publish(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Put the finished temporary file ``tmp`` at ``path`` through :func:`mpokit.atomic.atomic_write_bytes`
+    (umask-respecting mode, fsync, atomic rename), then remove ``tmp``. :mod:`mpokit.plots` calls it."""
+    atomic_write_bytes(path, Path(tmp).read_bytes())
+    os.unlink(tmp)
 
 
 def write_report(reports: Sequence[MatrixReport], out_dir: str | os.PathLike, settings: dict | None = None) -> dict[str, Path]:
@@ -256,7 +324,7 @@ def write_report(reports: Sequence[MatrixReport], out_dir: str | os.PathLike, se
         "matrices": [r.to_dict() for r in reports],
     }
     paths = {"json": out / "report.json", "markdown": out / "report.md"}
-    _write_atomic(paths["json"], json.dumps(payload, indent=1, allow_nan=False) + "\n")
-    _write_atomic(paths["markdown"], format_markdown(reports, settings))
+    atomic_write_text(paths["json"], json.dumps(payload, indent=1, allow_nan=False) + "\n")
+    atomic_write_text(paths["markdown"], format_markdown(reports, settings))
     return paths
 

@@ -20,6 +20,12 @@ bond dimensions (no decomposition), checks size and checksum, and loads the
 tensors strictly: a corrupt, truncated or mismatched checkpoint raises
 :class:`CheckpointError` saying which file and why.
 
+Saving into a folder that holds another model is refused unless ``overwrite=True``: an mpokit
+checkpoint of another class, model type or architecture (other modules, or other tensor shapes
+outside the MPO layers), or a folder with a transformers / PEFT model or tokenizer files and no
+mpokit checkpoint. Re-saving the same model (same class and architecture; the MPO bonds and
+weights may differ) into its own folder is always allowed, as training does with ``best/``.
+
 Format versions: 3 (written now) commits the files as one set and covers the config by the
 checksum; 2 adds a ``converter`` name per module entry,
 modules that keep their own forward (``"parametrized": true``), ``MPOLSTM``
@@ -44,8 +50,9 @@ from .layers.base import MPOModule
 from .layers.weight import MPOWeight
 from .surgery import MPOTiedLinear, _set_submodule, set_recompute
 
-__all__ = ["save_pretrained", "from_pretrained", "CheckpointError", "atomic_write_bytes", "atomic_write_text",
-           "structure_manifest", "apply_structure", "WEIGHTS_NAME", "MPO_CONFIG_NAME", "FORMAT_VERSION"]
+__all__ = ["save_pretrained", "from_pretrained", "CheckpointError", "FolderInUseError", "atomic_write_bytes",
+           "atomic_write_text", "structure_manifest", "apply_structure", "WEIGHTS_NAME", "MPO_CONFIG_NAME",
+           "FORMAT_VERSION", "TOKENIZER_FILES"]
 
 WEIGHTS_NAME = "model.safetensors"
 MPO_CONFIG_NAME = "mpo_config.json"
@@ -56,8 +63,23 @@ _PARAMETRIZED = "weight"  # the tensor an MPOWeight supplies
 _V1_CONVERTERS = {"MPOLinear": "Linear", "MPOEmbedding": "Embedding"}  # version-1 entries name no converter
 
 
+# Files of a tokenizer (transformers' tokenizer.save_pretrained); an overwriting save removes the old ones.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "merges.txt",
+                   "special_tokens_map.json", "tokenizer.model", "added_tokens.json", "spiece.model",
+                   "sentencepiece.bpe.model", "chat_template.jinja")
+# Files of a model that is not an mpokit checkpoint (transformers' and PEFT's save_pretrained; shards by pattern).
+FOREIGN_MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json",
+                       "pytorch_model.bin", "pytorch_model.bin.index.json", "adapter_config.json",
+                       "adapter_model.safetensors", "adapter_model.bin")
+FOREIGN_SHARDS = ("model-*-of-*.safetensors", "pytorch_model-*-of-*.bin")
+
+
 class CheckpointError(ValueError):
     """A checkpoint folder that cannot be loaded (missing, corrupt, truncated or mismatched)."""
+
+
+class FolderInUseError(ValueError):
+    """``save_pretrained`` into a folder that holds another model (or foreign model files) without ``overwrite=True``."""
 
 
 # ---------------------------------------------------------------------------
@@ -184,21 +206,161 @@ def _hf_config(model: nn.Module):
     return cfg if cfg is not None and hasattr(cfg, "to_json_string") else None
 
 
-def save_pretrained(model: nn.Module, directory: str | os.PathLike, *, tokenizer=None) -> Path:
+# ---------------------------------------------------------------------------
+# what a folder already holds (the overwrite check)
+# ---------------------------------------------------------------------------
+
+
+def _foreign_files(directory: Path) -> list[str]:
+    """Names of model and tokenizer files in ``directory`` that another tool wrote (no mpokit manifest there)."""
+    names = [n for n in (*FOREIGN_MODEL_FILES, *TOKENIZER_FILES) if (directory / n).is_file()]
+    names += sorted(p.name for pattern in FOREIGN_SHARDS for p in directory.glob(pattern) if p.is_file())
+    return names
+
+
+def _safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]] | None:
+    """``{name: shape}`` from the header of a safetensors file (the weights are not read), or None if unreadable."""
+    try:
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            if not 0 < size <= 100_000_000:
+                return None
+            header = json.loads(f.read(size))
+        return {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _module_paths(names, mpo_names: list[str]) -> set[str]:
+    """The modules owning the state-dict ``names``: an MPO layer's name for its tensors, else the name's parent.
+
+    The same architecture gives the same set whichever of its modules are MPO layers and at which bonds.
+    """
+    prefixes = tuple(m + "." for m in mpo_names)
+    out = set(mpo_names)
+    for name in names:
+        owner = next((m for m, p in zip(mpo_names, prefixes) if name.startswith(p)), None)
+        out.add(owner if owner is not None else name.rpartition(".")[0])
+    return out
+
+
+def _saved_model_type(directory: Path, meta: dict) -> str | None:
+    """``model_type`` of the config a checkpoint holds (the committed copy of format 3), or None."""
+    if meta.get("format_version", 0) >= 3:
+        entry = (meta.get("files") or {}).get(CONFIG_NAME)
+        path = None if entry is None else _inside(directory, entry.get("file"))
+    else:
+        path = directory / CONFIG_NAME
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("model_type") if path is not None else None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _differences_from_saved(directory: Path, meta: dict, model: nn.Module, hf_config, manifest: list[dict],
+                            tensors: dict[str, torch.Tensor], aliases: dict[str, str]) -> list[str]:
+    """How ``model`` differs from the model of the checkpoint ``meta`` describes (empty: the same architecture)."""
+    saved_class, new_class = meta.get("model_class"), type(model).__name__
+    if saved_class != new_class:
+        return [f"it holds a {saved_class}, this is a {new_class}"]
+    has_config = meta.get("has_config", True)
+    if has_config != (hf_config is not None):
+        return [f"its {saved_class} was saved {'with' if has_config else 'without'} a transformers config, this one "
+                f"{'has' if hf_config is not None else 'has none'}"]
+    if hf_config is not None:
+        saved_type = _saved_model_type(directory, meta)
+        if saved_type is not None and saved_type != getattr(hf_config, "model_type", None):
+            return [f"its config has model_type {saved_type!r}, this model's {hf_config.model_type!r}"]
+    try:
+        wpath = _inside(directory, (meta.get("weights") or {}).get("file", WEIGHTS_NAME))
+    except CheckpointError:
+        return []  # a broken manifest of the same class: replacing it repairs the folder
+    saved = _safetensors_shapes(wpath)
+    if saved is None:
+        return []  # unreadable weights of the same class: the same (replacing them repairs the folder)
+    saved_aliases = meta.get("aliases") or {}
+    saved.update({a: saved[c] for a, c in saved_aliases.items() if c in saved})
+    new = {k: tuple(t.shape) for k, t in tensors.items()}
+    new.update({a: new[c] for a, c in aliases.items() if c in new})
+    saved_mpo = [e["name"] for e in meta.get("modules") or [] if isinstance(e, dict) and "name" in e]
+    new_mpo = [e["name"] for e in manifest]
+    saved_paths, new_paths = _module_paths(saved, saved_mpo), _module_paths(new, new_mpo)
+    if saved_paths != new_paths:
+        only_saved, only_new = sorted(saved_paths - new_paths), sorted(new_paths - saved_paths)
+        parts = []
+        if only_saved:
+            parts.append(f"it has modules this model lacks ({', '.join(only_saved[:3])}{', ...' if len(only_saved) > 3 else ''})")
+        if only_new:
+            parts.append(f"this model has modules it lacks ({', '.join(only_new[:3])}{', ...' if len(only_new) > 3 else ''})")
+        return parts
+    inside_mpo = tuple(m + "." for m in (*saved_mpo, *new_mpo))
+    return [f"{k} has shape {saved[k]} there, {new[k]} here" for k in sorted(saved.keys() & new.keys())
+            if not k.startswith(inside_mpo) and saved[k] != new[k]][:3]
+
+
+def _check_target(directory: Path, model: nn.Module, hf_config, manifest, tensors, aliases, overwrite: bool) -> None:
+    """Refuse (:class:`FolderInUseError`) to save ``model`` into a folder holding another model, unless ``overwrite``."""
+    if overwrite or not directory.is_dir():
+        return
+    how = (f"pass overwrite=True to replace it (its tokenizer files go too, unless tokenizer= gives new ones), or "
+           f"save into another folder, e.g. {str(directory) + '_new'!r}")
+    if (directory / MPO_CONFIG_NAME).is_file():
+        try:
+            meta = _read_meta(directory)
+        except CheckpointError as e:
+            raise FolderInUseError(f"{str(directory)!r} holds an mpokit checkpoint that cannot be read ({e}), so it "
+                                   f"is unknown whether it is this model; {how}") from None
+        differences = _differences_from_saved(directory, meta, model, hf_config, manifest, tensors, aliases)
+        if differences:
+            raise FolderInUseError(f"{str(directory)!r} holds a checkpoint of another model: {'; '.join(differences)}. "
+                                   f"Saving would replace it; {how}")
+        return
+    foreign = _foreign_files(directory)
+    if foreign:
+        raise FolderInUseError(
+            f"{str(directory)!r} holds another model's files ({', '.join(foreign[:6])}{', ...' if len(foreign) > 6 else ''}) "
+            f"and no mpokit checkpoint; saving there would mix this model with them; {how}")
+
+
+def _remove_stale(directory: Path, hf_config) -> None:
+    """After an overwriting save: remove the old model's foreign model files (``config.json`` only when the new
+    model has no transformers config; otherwise it is rewritten) and every tokenizer file."""
+    stale = [n for n in FOREIGN_MODEL_FILES if n != CONFIG_NAME or hf_config is None] + list(TOKENIZER_FILES)
+    for name in stale:
+        (directory / name).unlink(missing_ok=True)
+    for pattern in FOREIGN_SHARDS:
+        for p in directory.glob(pattern):
+            if p.is_file():
+                p.unlink()
+
+
+def save_pretrained(model: nn.Module, directory: str | os.PathLike, *, tokenizer=None, overwrite: bool = False) -> Path:
     """Save any ``model`` (compressed or not) to ``directory``; returns the folder. See the module docstring.
 
     ``config.json`` is written when the model has a transformers config; a model
     without one is loaded back with ``from_pretrained(directory, model=<fresh dense model>)``.
+
+    A folder that holds another model (an mpokit checkpoint of another class,
+    model type or architecture, or a transformers / PEFT model or tokenizer files
+    without an mpokit checkpoint) is refused with :class:`FolderInUseError`
+    unless ``overwrite=True``. Then the old model's files and its tokenizer
+    files (:data:`TOKENIZER_FILES`) are removed after the new checkpoint is
+    committed, and ``tokenizer`` (if given) is saved in their place. The same
+    model (same class and architecture) may always be saved into its own folder.
     """
     from safetensors.torch import save as st_save
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}; e.g. save_pretrained(model, 'ckpt')")
+    if not isinstance(overwrite, bool):
+        raise TypeError(f"overwrite must be True or False, got {overwrite!r}; e.g. save_pretrained(model, 'ckpt', "
+                        "overwrite=True)")
     hf_config = _hf_config(model)
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     manifest = structure_manifest(model)
     tensors, aliases = state_and_aliases(model)
+    _check_target(directory, model, hf_config, manifest, tensors, aliases, overwrite)
+    directory.mkdir(parents=True, exist_ok=True)
     payload = st_save(tensors, metadata={"format": "pt", "producer": "mpokit"})
     mpo_config = getattr(model, "mpo_config", None)
     blobs = {WEIGHTS_NAME: payload}
@@ -218,6 +380,8 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, *, tokenizer
     json.dumps(meta)  # a field that is not JSON fails here, before anything is written
     commit_file_set(directory, MPO_CONFIG_NAME, blobs, meta, stale_roles=(WEIGHTS_NAME, CONFIG_NAME))
     (directory / WEIGHTS_NAME).unlink(missing_ok=True)  # the fixed-name weights of a format-1/2 save
+    if overwrite:
+        _remove_stale(directory, hf_config)
     if hf_config is not None:  # a plain copy for other tools; the loader reads the committed one
         atomic_write_text(directory / CONFIG_NAME, hf_config.to_json_string())
     if tokenizer is not None:

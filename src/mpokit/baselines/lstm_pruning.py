@@ -22,13 +22,14 @@ import json
 import math
 import os
 import pathlib
-import tempfile
 from dataclasses import dataclass
 from typing import Mapping
 
 import torch
 from torch import nn
 from torch.nn.utils import prune
+
+from ..atomic import atomic_write_text, atomic_write_with
 
 __all__ = [
     "cubic_sparsity",
@@ -215,18 +216,6 @@ def pruned_tensors(model: nn.Module) -> list[tuple[str, str]]:
     return sorted(out)
 
 
-def _atomic_write(path: pathlib.Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def save_pruned(model: nn.Module, directory: str | os.PathLike, extra: Mapping | None = None) -> pathlib.Path:
     """Save ``model`` (its state dict, masks included) to ``directory/model.safetensors`` and the list
     of pruned tensors (plus ``extra`` JSON-able metadata) to ``directory/pruning.json``."""
@@ -236,8 +225,8 @@ def save_pruned(model: nn.Module, directory: str | os.PathLike, extra: Mapping |
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     meta = {"format_version": _FORMAT_VERSION, "pruned": [list(p) for p in pruned_tensors(model)], "extra": dict(extra or {})}
-    _atomic_write(directory / CHECKPOINT_WEIGHTS, lambda tmp: save_file(state, tmp))
-    _atomic_write(directory / CHECKPOINT_META, lambda tmp: pathlib.Path(tmp).write_text(json.dumps(meta, indent=2)))
+    atomic_write_with(directory / CHECKPOINT_WEIGHTS, lambda tmp: save_file(state, tmp))
+    atomic_write_text(directory / CHECKPOINT_META, json.dumps(meta, indent=2))
     return directory
 
 

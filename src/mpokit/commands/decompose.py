@@ -4,6 +4,10 @@ Prints a per-matrix table (shape, modes, bond dimensions, parameters, relative
 error, central-bond entropy), writes ``report.json`` / ``report.md`` and a PNG
 of the singular-value spectra and entropies into ``--out``. The logic lives in
 :mod:`mpokit.analysis` and :mod:`mpokit.plots`.
+
+An mpokit checkpoint loads as its MPO model; the matrices of its MPO layers are
+rebuilt from their cores and decomposed with the dense ones, and the table's
+"from" column (``source`` in report.json) says which came from MPO layers.
 """
 
 from __future__ import annotations
@@ -21,11 +25,14 @@ def register(subparsers) -> argparse.ArgumentParser:
         description=(
             "MPO-decompose every Linear/Embedding weight matrix of a transformers model. Prints a per-matrix "
             "table (shape, modes, bond dimensions, parameters, relative error, central-bond entropy) and writes "
-            "report.json, report.md and spectra.png (singular-value spectra and entropies per bond) into --out."
+            "report.json, report.md and spectra.png (singular-value spectra and entropies per bond) into --out. "
+            "For an mpokit checkpoint the matrices of its MPO layers are rebuilt from their cores and decomposed "
+            "too; the 'from' column marks them."
         ),
     )
     parser.add_argument("--model", default=None, metavar="DIR",
-                        help="a transformers model folder (save_pretrained); default: the installed all-MiniLM-L6-v2")
+                        help="a transformers model folder (save_pretrained) or an mpokit checkpoint (mpokit.save_pretrained); "
+                             "default: the installed all-MiniLM-L6-v2")
     parser.add_argument("--n-cores", type=int, default=5, help="number of cores per MPO (default: 5, as in MPOP)")
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--max-bond", type=int, default=None, help="cap every bond dimension (default: exact, no cap)")
@@ -70,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         "rel_error": args.rel_error,
         "gauge": args.gauge,
         "dtype": args.dtype,
+        "mpo_layer_matrices": sum(r.source == "mpo" for r in reports),
     }
     print(format_table(reports))
     summary = summarize(reports)
@@ -78,6 +86,9 @@ def run(args: argparse.Namespace) -> int:
         f"(ratio {summary['compression_ratio']:.3f}); decomposed in {summary['seconds']:.1f} s "
         f"(model loaded in {load_seconds:.1f} s)"
     )
+    if summary["mpo_matrices"]:
+        print(f"{summary['mpo_matrices']} of these matrices were rebuilt from the cores of the model's MPO layers "
+              "(column 'from'); their spectra are those of the compressed model, bounded by its bond dimensions")
     paths = write_report(reports, args.out, settings)
     print(f"report: {paths['json']}  {paths['markdown']}")
     if not args.no_plot:

@@ -10,9 +10,9 @@ import math
 import os
 import pathlib
 import statistics
-import tempfile
 from typing import Iterable, Sequence
 
+from ..atomic import atomic_write_text, atomic_write_with
 from .lstm_common import COMPRESSED_METHODS, METHOD_LABELS
 
 RUN_FIELDS = (
@@ -22,31 +22,74 @@ RUN_FIELDS = (
 )
 
 
-def _atomic_text(path: pathlib.Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", newline="") as f:
-        f.write(text)
-    os.replace(tmp, path)
+# The columns a runs.csv line must hold for the runner to resume it (``lr`` may be missing: older files).
+KEY_FIELDS = ("method", "rate", "seed", "metric_valid", "metric_test")
+_INT_FIELDS = ("seed",)
+_NUMBER_FIELDS = ("rate", "metric_valid", "metric_test")
+
+
+class RunsFileError(ValueError):
+    """A runs CSV that cannot be read back: empty, without the key columns, or with a cut-short or bad line."""
+
+
+def _parse_value(v: str):
+    try:
+        return int(v)
+    except ValueError:
+        try:
+            return float(v)
+        except ValueError:
+            return v
 
 
 def read_runs(path: str | os.PathLike) -> list[dict]:
-    """Rows of a runs CSV (numbers converted back), or [] if the file does not exist."""
+    """Rows of a runs CSV (numbers converted back), or [] if the file does not exist.
+
+    Raises :class:`RunsFileError` (a ValueError) naming the file and the line when the file is empty, lacks
+    one of :data:`KEY_FIELDS` in its header, or a line has fewer or more fields than the header (e.g. cut
+    short by hand or by a full disk) or a key field that is not a number (``rate``, ``seed``, the metrics).
+    """
     path = pathlib.Path(path)
     if not path.is_file():
         return []
+    fix = (f"fix or delete that line (its run is trained again on --resume), or delete {path.name} to start over; "
+           "a good line has one value per header column, e.g. as mpokit lstm writes it")
     rows = []
-    with path.open(newline="") as f:
-        for row in csv.DictReader(f):
-            out = {}
-            for k, v in row.items():
-                try:
-                    out[k] = int(v)
-                except ValueError:
-                    try:
-                        out[k] = float(v)
-                    except ValueError:
-                        out[k] = v
-            rows.append(out)
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            header = reader.fieldnames
+            if not header:
+                raise RunsFileError(f"{path} is empty (not even the header line); delete it to start over, or "
+                                    f"restore it: its first line names the columns, e.g. {','.join(RUN_FIELDS[:5])},...")
+            missing = [k for k in KEY_FIELDS if k not in header]
+            if missing:
+                raise RunsFileError(f"{path}, line 1: the header lacks the column(s) {missing} (it has {header}); "
+                                    f"a runs.csv header names {', '.join(KEY_FIELDS)} and the other RUN_FIELDS, "
+                                    f"e.g. {','.join(RUN_FIELDS[:5])},...; restore the header or delete the file")
+            for row in reader:
+                line = reader.line_num
+                if None in row:  # more values than columns: csv puts the rest under the key None
+                    raise RunsFileError(f"{path}, line {line}: {len(header) + len(row[None])} values for the "
+                                        f"{len(header)} columns of the header; {fix}")
+                absent = [k for k, v in row.items() if v is None]  # fewer values than columns
+                if absent:
+                    raise RunsFileError(f"{path}, line {line}: {len(header) - len(absent)} values for the "
+                                        f"{len(header)} columns of the header (it ends before {absent[0]!r}); {fix}")
+                out = {k: _parse_value(v) for k, v in row.items()}
+                bad = [k for k in _INT_FIELDS if not isinstance(out[k], int)]
+                bad += [k for k in _NUMBER_FIELDS if isinstance(out[k], str)]
+                bad += [k for k in ("lr",) if k in out and isinstance(out[k], str) and out[k] != ""]
+                if bad or out["method"] == "":
+                    what = ", ".join(f"{k}={row[k]!r}" for k in (bad or ["method"]))
+                    raise RunsFileError(f"{path}, line {line}: {what} is not a valid value (method: a name, rate and "
+                                        f"the metrics: numbers, seed: an int, lr: a number or empty); {fix}")
+                rows.append(out)
+    except csv.Error as e:
+        raise RunsFileError(f"{path}, line {reader.line_num}: not readable as CSV ({e}); {fix}") from None
+    except UnicodeDecodeError as e:
+        raise RunsFileError(f"{path} is not UTF-8 text ({e}); it is not a runs.csv written by mpokit lstm: "
+                            f"restore it or delete it to start over") from None
     return rows
 
 
@@ -61,7 +104,7 @@ def write_runs(rows: Sequence[dict], path: str | os.PathLike) -> pathlib.Path:
     writer.writeheader()
     for row in rows:
         writer.writerow(row)
-    _atomic_text(path, buf.getvalue())
+    atomic_write_text(path, buf.getvalue())
     return path
 
 
@@ -225,8 +268,5 @@ def plot_metric(rows: Sequence[dict], key: str, ylabel: str, path: str | os.Path
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
+    atomic_write_with(path, lambda tmp: fig.savefig(tmp, format="png"))
     return path

@@ -119,8 +119,8 @@ def run_experiment(
     csv_path = out_dir / "runs.csv"
     if resume:
         check_resumable(out_dir / "config.json", task, config)
+    rows = read_runs(csv_path) if resume else []  # a corrupt runs.csv is refused before anything is written
     (out_dir / "config.json").write_text(json.dumps({"task": task, **asdict(config)}, indent=2, default=str))
-    rows = read_runs(csv_path) if resume else []
     for r in rows:  # runs.csv files written before the lr column: their runs used the config's lr
         if r.get("lr") in (None, ""):
             r["lr"] = config.lr
