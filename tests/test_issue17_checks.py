@@ -262,6 +262,8 @@ def test_decompose_model_lists_the_matrices_of_an_mpo_lstm_once():
     assert torch.equal(listed[1].matrix, model.lstm.weight_hh_l0.rebuild_weight().detach())
     reports = decompose_model(model, progress=False, n_cores=2)
     assert [r.source for r in reports] == ["mpo"] * 4 + ["dense"]
+    alone = weight_matrices(model.lstm)  # the model is the MPO layer itself
+    assert [(m.name, m.source) for m in alone] == [(m.name.removeprefix("lstm."), "mpo") for m in listed[:4]]
     assert all(r.mpo_layer == "MPOLSTM" and max(r.mpo_bond_dims) <= 2 for r in reports[:4])
 
 
@@ -399,6 +401,14 @@ def test_save_refuses_an_mpokit_checkpoint_of_another_model(tmp_path):
     assert (folder / "tokenizer.json").is_file()  # its own tokenizer stays
     with pytest.raises(TypeError, match="overwrite must be True or False"):
         mpokit.save_pretrained(bert, folder, overwrite="yes")
+    # the same check, for a job to run before any work
+    from mpokit.io import check_save_target
+
+    with pytest.raises(FolderInUseError, match="holds a BertModel, this is a GPT2LMHeadModel"):
+        check_save_target(_tiny_gpt2(), folder)
+    check_save_target(_tiny_gpt2(), folder, overwrite=True)
+    check_save_target(bert, folder)
+    check_save_target(_tiny_gpt2(), tmp_path / "not_there_yet")
 
 
 def test_overwrite_replaces_another_checkpoint_and_drops_its_tokenizer(tmp_path):

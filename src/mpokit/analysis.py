@@ -124,14 +124,16 @@ def weight_matrices(model: nn.Module) -> list[WeightMatrix]:
     ``weight_ih_l0``, ... for an ``MPOLSTM``); a module whose weight an
     ``MPOWeight`` parametrizes is listed under its own name.
     """
-    from .converters import converted_modules
+    from .converters import converted_modules, converter_of_mpo, mpo_weight_of
 
     converted = {name: (module, conv, parametrized) for name, module, conv, parametrized in converted_modules(model)}
+    if mpo_weight_of(model) is not None or converter_of_mpo(model) is not None:  # the model is one MPO layer
+        converted[""] = (model, converter_of_mpo(model), mpo_weight_of(model) is not None)
     out: list[WeightMatrix] = []
     seen: set[int] = set()
     inside: str | None = None
     for name, module in model.named_modules():
-        if inside is not None and name.startswith(inside + "."):
+        if inside is not None and (inside == "" or name.startswith(inside + ".")):
             continue  # the cores and submodules of an MPO layer listed already
         if name in converted:
             inside = name
@@ -144,7 +146,7 @@ def weight_matrices(model: nn.Module) -> list[WeightMatrix]:
                 seen.add(id(holder))
                 with torch.no_grad():
                     matrix = holder.rebuild_weight().detach()
-                out.append(WeightMatrix(f"{name}.{suffix}" if suffix else name, matrix, "mpo", layer,
+                out.append(WeightMatrix(".".join(part for part in (name, suffix) if part), matrix, "mpo", layer,
                                         tuple(holder.bond_dims)))
             continue
         if isinstance(module, (nn.Linear, nn.Embedding)):

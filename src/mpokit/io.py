@@ -50,9 +50,9 @@ from .layers.base import MPOModule
 from .layers.weight import MPOWeight
 from .surgery import MPOTiedLinear, _set_submodule, set_recompute
 
-__all__ = ["save_pretrained", "from_pretrained", "CheckpointError", "FolderInUseError", "atomic_write_bytes",
-           "atomic_write_text", "structure_manifest", "apply_structure", "WEIGHTS_NAME", "MPO_CONFIG_NAME",
-           "FORMAT_VERSION", "TOKENIZER_FILES"]
+__all__ = ["save_pretrained", "check_save_target", "from_pretrained", "CheckpointError", "FolderInUseError",
+           "atomic_write_bytes", "atomic_write_text", "structure_manifest", "apply_structure", "WEIGHTS_NAME",
+           "MPO_CONFIG_NAME", "FORMAT_VERSION", "TOKENIZER_FILES"]
 
 WEIGHTS_NAME = "model.safetensors"
 MPO_CONFIG_NAME = "mpo_config.json"
@@ -246,19 +246,18 @@ def _module_paths(names, mpo_names: list[str]) -> set[str]:
 
 def _saved_model_type(directory: Path, meta: dict) -> str | None:
     """``model_type`` of the config a checkpoint holds (the committed copy of format 3), or None."""
-    if meta.get("format_version", 0) >= 3:
-        entry = (meta.get("files") or {}).get(CONFIG_NAME)
-        path = None if entry is None else _inside(directory, entry.get("file"))
-    else:
-        path = directory / CONFIG_NAME
     try:
+        if meta.get("format_version", 0) >= 3:
+            entry = (meta.get("files") or {}).get(CONFIG_NAME)
+            path = None if entry is None else _inside(directory, entry.get("file"))
+        else:
+            path = directory / CONFIG_NAME
         return json.loads(path.read_text(encoding="utf-8")).get("model_type") if path is not None else None
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError):  # CheckpointError (a file outside the folder) is a ValueError
         return None
 
 
-def _differences_from_saved(directory: Path, meta: dict, model: nn.Module, hf_config, manifest: list[dict],
-                            tensors: dict[str, torch.Tensor], aliases: dict[str, str]) -> list[str]:
+def _differences_from_saved(directory: Path, meta: dict, model: nn.Module, hf_config, manifest: list[dict]) -> list[str]:
     """How ``model`` differs from the model of the checkpoint ``meta`` describes (empty: the same architecture)."""
     saved_class, new_class = meta.get("model_class"), type(model).__name__
     if saved_class != new_class:
@@ -280,8 +279,7 @@ def _differences_from_saved(directory: Path, meta: dict, model: nn.Module, hf_co
         return []  # unreadable weights of the same class: the same (replacing them repairs the folder)
     saved_aliases = meta.get("aliases") or {}
     saved.update({a: saved[c] for a, c in saved_aliases.items() if c in saved})
-    new = {k: tuple(t.shape) for k, t in tensors.items()}
-    new.update({a: new[c] for a, c in aliases.items() if c in new})
+    new = {k: tuple(t.shape) for k, t in model.state_dict().items()}  # every name, tied ones too (no copy)
     saved_mpo = [e["name"] for e in meta.get("modules") or [] if isinstance(e, dict) and "name" in e]
     new_mpo = [e["name"] for e in manifest]
     saved_paths, new_paths = _module_paths(saved, saved_mpo), _module_paths(new, new_mpo)
@@ -298,10 +296,20 @@ def _differences_from_saved(directory: Path, meta: dict, model: nn.Module, hf_co
             if not k.startswith(inside_mpo) and saved[k] != new[k]][:3]
 
 
-def _check_target(directory: Path, model: nn.Module, hf_config, manifest, tensors, aliases, overwrite: bool) -> None:
-    """Refuse (:class:`FolderInUseError`) to save ``model`` into a folder holding another model, unless ``overwrite``."""
+def check_save_target(model: nn.Module, directory: str | os.PathLike, *, overwrite: bool = False) -> None:
+    """Raise :class:`FolderInUseError` when :func:`save_pretrained` would refuse to save ``model`` into
+    ``directory`` (it holds another model; see there); nothing when ``overwrite`` or the folder is free or holds
+    this model. Reads only file names, the manifest, the config and the weights file's header, so a job can call
+    it before any work, e.g. ``check_save_target(model, out / "best")`` before training."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}; e.g. check_save_target(model, 'ckpt')")
+    if not isinstance(overwrite, bool):
+        raise TypeError(f"overwrite must be True or False, got {overwrite!r}; e.g. save_pretrained(model, 'ckpt', "
+                        "overwrite=True)")
+    directory = Path(directory)
     if overwrite or not directory.is_dir():
         return
+    hf_config = _hf_config(model)
     how = (f"pass overwrite=True to replace it (its tokenizer files go too, unless tokenizer= gives new ones), or "
            f"save into another folder, e.g. {str(directory) + '_new'!r}")
     if (directory / MPO_CONFIG_NAME).is_file():
@@ -310,7 +318,7 @@ def _check_target(directory: Path, model: nn.Module, hf_config, manifest, tensor
         except CheckpointError as e:
             raise FolderInUseError(f"{str(directory)!r} holds an mpokit checkpoint that cannot be read ({e}), so it "
                                    f"is unknown whether it is this model; {how}") from None
-        differences = _differences_from_saved(directory, meta, model, hf_config, manifest, tensors, aliases)
+        differences = _differences_from_saved(directory, meta, model, hf_config, structure_manifest(model))
         if differences:
             raise FolderInUseError(f"{str(directory)!r} holds a checkpoint of another model: {'; '.join(differences)}. "
                                    f"Saving would replace it; {how}")
@@ -343,7 +351,7 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, *, tokenizer
     A folder that holds another model (an mpokit checkpoint of another class,
     model type or architecture, or a transformers / PEFT model or tokenizer files
     without an mpokit checkpoint) is refused with :class:`FolderInUseError`
-    unless ``overwrite=True``. Then the old model's files and its tokenizer
+    before anything is written (:func:`check_save_target`), unless ``overwrite=True``. Then the old model's files and its tokenizer
     files (:data:`TOKENIZER_FILES`) are removed after the new checkpoint is
     committed, and ``tokenizer`` (if given) is saved in their place. The same
     model (same class and architecture) may always be saved into its own folder.
@@ -352,15 +360,12 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, *, tokenizer
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}; e.g. save_pretrained(model, 'ckpt')")
-    if not isinstance(overwrite, bool):
-        raise TypeError(f"overwrite must be True or False, got {overwrite!r}; e.g. save_pretrained(model, 'ckpt', "
-                        "overwrite=True)")
+    check_save_target(model, directory, overwrite=overwrite)
     hf_config = _hf_config(model)
     directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
     manifest = structure_manifest(model)
     tensors, aliases = state_and_aliases(model)
-    _check_target(directory, model, hf_config, manifest, tensors, aliases, overwrite)
-    directory.mkdir(parents=True, exist_ok=True)
     payload = st_save(tensors, metadata={"format": "pt", "producer": "mpokit"})
     mpo_config = getattr(model, "mpo_config", None)
     blobs = {WEIGHTS_NAME: payload}

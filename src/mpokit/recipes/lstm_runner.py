@@ -22,6 +22,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from ..atomic import atomic_write_text
 from .lstm_common import COMPRESSED_METHODS, check_methods_rates
 from .lstm_report import (learning_rate_table, markdown_table, plot_metric, read_runs, run_key, select_learning_rates,
                           timing_table, write_runs)
@@ -120,7 +121,7 @@ def run_experiment(
     if resume:
         check_resumable(out_dir / "config.json", task, config)
     rows = read_runs(csv_path) if resume else []  # a corrupt runs.csv is refused before anything is written
-    (out_dir / "config.json").write_text(json.dumps({"task": task, **asdict(config)}, indent=2, default=str))
+    atomic_write_text(out_dir / "config.json", json.dumps({"task": task, **asdict(config)}, indent=2, default=str))
     for r in rows:  # runs.csv files written before the lr column: their runs used the config's lr
         if r.get("lr") in (None, ""):
             r["lr"] = config.lr
@@ -183,7 +184,7 @@ def write_report(task: str, rows: Sequence[dict], out_dir: pathlib.Path, metric:
         body.insert(2, learning_rate_table(rows, f"validation {name}", higher, digits))
     table_path = out_dir / "results.md"
     title = [f"# LSTM {task}: dense vs MPO-LSTM vs pruning-LSTM", "", *header, ""]
-    table_path.write_text("\n".join(title) + "\n" + "\n".join(body))
+    atomic_write_text(table_path, "\n".join(title) + "\n" + "\n".join(body))
     plots = [plot_metric(shown, "metric_test", f"test {ylabel}", out_dir / f"{task}_test_{name}.png", f"LSTM {task}: test {name} vs rate")]
     return table_path, plots
 
@@ -235,8 +236,8 @@ def combine_runs(task: str, sources: Sequence[str | pathlib.Path], out_dir: str 
             rows.append(r)
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path = write_runs(rows, out_dir / "runs.csv")
-    (out_dir / "config.json").write_text(json.dumps({"task": task, **reference[1], "combined_from": [str(d) for d in dirs]},
-                                                    indent=2, default=str))
+    atomic_write_text(out_dir / "config.json", json.dumps({"task": task, **reference[1],
+                                                          "combined_from": [str(d) for d in dirs]}, indent=2, default=str))
     header = [
         f"- combined {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} from {', '.join(f'`{d}`' for d in dirs)}",
         f"- command: `{command or ' '.join(sys.argv)}`",
