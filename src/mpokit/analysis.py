@@ -308,13 +308,6 @@ def format_markdown(reports: Sequence[MatrixReport], settings: dict | None = Non
     return "\n".join(out) + "\n"
 
 
-def _publish(tmp: str, path: Path) -> None:
-    """Put the finished temporary file ``tmp`` at ``path`` through :func:`mpokit.atomic.atomic_write_bytes`
-    (umask-respecting mode, fsync, atomic rename), then remove ``tmp``. :mod:`mpokit.plots` calls it."""
-    atomic_write_bytes(path, Path(tmp).read_bytes())
-    os.unlink(tmp)
-
-
 def write_report(reports: Sequence[MatrixReport], out_dir: str | os.PathLike, settings: dict | None = None) -> dict[str, Path]:
     """Write ``report.json`` (with all spectra) and ``report.md`` into ``out_dir``, atomically."""
     out = Path(out_dir)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
-from .analysis import MatrixReport, _publish
+from .analysis import MatrixReport
+from .atomic import atomic_write_with
 
 __all__ = ["plot_spectra"]
 
@@ -90,14 +90,4 @@ def plot_spectra(reports: Sequence[MatrixReport], path: str | os.PathLike, title
     fig.suptitle(title or f"MPO spectra of {len(reports)} weight matrices")
     fig.tight_layout(rect=(0, 0.06, 1, 0.97))
 
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png")
-        _publish(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return out
+    return atomic_write_with(Path(path), lambda tmp: fig.savefig(tmp, format="png"))

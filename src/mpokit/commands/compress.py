@@ -39,6 +39,8 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="which cores train afterwards (default auxiliary: MPOP's lightweight fine-tuning)")
     p.add_argument("--seed", type=int, default=0, help="seed of a new task head")
     add_data_options(p, default_data=None)
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a checkpoint of another model in --out (its model and tokenizer files are removed)")
     add_run_options(p)
     p.set_defaults(func=run)
     return p
@@ -80,12 +82,13 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_model(source, task=task or _natural_task(source), seed=args.seed, **kwargs)
     if loaded.info.get("mpo"):
         raise ValueError(f"{args.model} already holds MPO layers; compress its dense source model instead")
+    from ..io import check_save_target, save_pretrained
+
+    check_save_target(loaded.model, out, overwrite=args.overwrite)  # before the decomposition, not after
     t0 = time.perf_counter()
     model, report = compress(loaded.model, config, return_report=True)
     seconds = time.perf_counter() - t0
-    from ..io import save_pretrained
-
-    save_pretrained(model, out, tokenizer=loaded.tokenizer)
+    save_pretrained(model, out, tokenizer=loaded.tokenizer, overwrite=args.overwrite)
     summary = {"model": str(source), "task": loaded.info.get("task"), "compress_seconds": seconds,
                "config": config.to_dict(), **report.to_dict()}
     atomic_write_text(out / "compression_report.json", json.dumps(summary, indent=2, default=str))

@@ -53,6 +53,7 @@ def finetune(config: FinetuneConfig | None = None, **overrides) -> dict[str, Any
     if data.validation is None and not config.compress_only:  # before the model is loaded
         raise ValueError("the data has no validation split; give --validation-data F or --validation-split 0.1")
     model, tokenizer, info = load_for_task(config, task, data)
+    _check_save_targets(model, out, config)
     if config.compress_only:
         return _compress_only(model, tokenizer, info, out, accelerator)
     loaders = build_loaders(task, data, tokenizer, spec, batch_size=config.batch_size,
@@ -161,6 +162,18 @@ def load_for_task(config: FinetuneConfig, task, data):
               **({"id2label": kwargs["id2label"]} if "id2label" in kwargs else {})}  # class names of a LoRA head
     info.update(model_path=str(loaded.path), source=source)
     return model.train(), loaded.tokenizer, info
+
+
+def _check_save_targets(model, out: Path, config: FinetuneConfig) -> None:
+    """Refuse, before any training, a ``best/`` or ``compressed/`` folder that holds another model."""
+    if hasattr(model, "peft_config"):  # a LoRA best/ is a peft adapter folder
+        return
+    from ..io import check_save_target
+
+    if config.compress_only:
+        check_save_target(model, out / "compressed")
+    elif config.save_best:
+        check_save_target(model, out / "best")
 
 
 def _check_resume_settings(saved: dict, config: FinetuneConfig, where: Path) -> None:
