@@ -61,11 +61,11 @@ def build_report(config, task, loaders, info: dict, history: list[dict], best: d
     return report
 
 
-def _fmt(value) -> str:
+def _fmt(value, spec: str = ".4f") -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:.4f}"
+        return f"{value:{spec}}"
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
@@ -88,8 +88,8 @@ def markdown(report: dict) -> str:
         "|---:|---:|" + "---:|" * len(keys) + "---:|---:|---:|",
         f"| {report['total_params']:,} | {report['trainable_params']:,} | "
         + " | ".join(_fmt(test.get(k)) for k in keys)
-        + f" | {_fmt(report[f'best_validation_{metric}'])} ({report['best_epoch']}) | {_fmt(report['seconds_per_step'])} | "
-        f"{_fmt(report['peak_train_rss_mib'])} |",
+        + f" | {_fmt(report[f'best_validation_{metric}'])} ({report['best_epoch']}) | "
+        f"{_fmt(report['seconds_per_step'], '.2f')} | {_fmt(report['peak_train_rss_mib'], '.0f')} |",
         "",
         f"| epoch | train loss | validation loss | validation {metric} | seconds |",
         "|---:|---:|---:|---:|---:|",
