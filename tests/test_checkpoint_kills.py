@@ -125,3 +125,73 @@ def test_kills_during_saves_leave_a_whole_checkpoint(tmp_path, kind):
 def test_kills_during_saves_leave_a_whole_checkpoint_many(tmp_path, kind):
     script, load = (_MODEL_SAVER, _load_model) if kind == "model" else (_STATE_SAVER, _load_state)
     _kill_repeatedly(tmp_path, script, load, kills=12)
+
+
+_TRAINING = """
+import torch
+from torch import nn
+
+STEPS = 300
+
+
+def build():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 64), nn.Dropout(0.3), nn.ReLU(), nn.Linear(64, 4))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(8, 32, generator=g), torch.randint(0, 4, (8,), generator=g)) for _ in range(STEPS)]
+    return model, optimizer, batches
+
+
+def step(model, optimizer, batch):
+    x, y = batch
+    loss = nn.functional.cross_entropy(model(x), y)  # dropout draws from torch's global RNG
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+"""
+
+_RESUMING_TRAINER = _TRAINING + """
+import sys
+from mpokit.training import load_training_state, read_training_state, save_training_state
+
+folder = sys.argv[1]
+model, optimizer, batches = build()
+start = 0
+if read_training_state(folder) is not None:
+    start = load_training_state(folder, model, optimizer=optimizer)["step"]
+print("ready", flush=True)
+for i in range(start, STEPS):
+    step(model, optimizer, batches[i])
+    save_training_state(folder, model, optimizer=optimizer, state={"step": i + 1})
+print("done", flush=True)
+"""
+
+
+def test_a_run_killed_again_and_again_resumes_to_the_unbroken_result(tmp_path):
+    """SIGKILL during training + saving, restart with resume, until it finishes: the final weights equal an unbroken
+    run's bit for bit (model, AdamW state and the dropout RNG all come back from the saved state)."""
+    folder, script = tmp_path / "state", tmp_path / "trainer.py"
+    script.write_text(textwrap.dedent(_RESUMING_TRAINER))
+    rng, kills = random.Random(1), 0
+    for _ in range(20):
+        proc = subprocess.Popen([sys.executable, str(script), str(folder)], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        if kills < 3:
+            time.sleep(rng.uniform(0.05, 0.4))
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                kills += 1
+        out, _ = proc.communicate()
+        if "done" in out:
+            break
+    assert kills >= 1 and "done" in out
+    reference: dict = {}
+    exec(compile(textwrap.dedent(_TRAINING), "training", "exec"), reference)
+    model, optimizer, batches = reference["build"]()
+    for batch in batches:
+        reference["step"](model, optimizer, batch)
+    resumed, _, _ = reference["build"]()
+    load_training_state(folder, resumed, optimizer=torch.optim.AdamW(resumed.parameters(), lr=1e-2))
+    for (name, a), b in zip(model.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
