@@ -18,13 +18,7 @@ from torch import nn
 import mpokit
 from mpokit.training import load_training_state, read_training_state
 
-_PRELUDE = """
-import sys, torch
-from torch import nn
-import mpokit
-from mpokit.training import save_training_state
-
-
+_NET = """
 class Net(nn.Module):
     def __init__(self):
         super().__init__()
@@ -34,6 +28,14 @@ class Net(nn.Module):
     def forward(self, x):
         return self.head(self.proj(x))
 """
+exec(_NET)  # the same Net here and in the saver scripts
+
+_PRELUDE = """
+import sys, torch
+from torch import nn
+import mpokit
+from mpokit.training import save_training_state
+""" + _NET
 
 _MODEL_SAVER = _PRELUDE + """
 model = mpokit.compress(Net(), mpokit.MPOConfig(target_modules=["proj"]))
@@ -61,16 +63,6 @@ while True:
             p.fill_(step)
     save_training_state(sys.argv[1], model, optimizer=opt, state={"step": step})
 """
-
-
-class Net(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.proj = nn.Linear(64, 64)
-        self.head = nn.Linear(64, 2)
-
-    def forward(self, x):
-        return self.head(self.proj(x))
 
 
 def _load_model(folder):
