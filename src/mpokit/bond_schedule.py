@@ -12,7 +12,7 @@ MPO count and its dense count (rows x columns), so the schedule is pruning's, me
 the dense matrix: an exact MPO has more parameters than the matrix it represents (full bonds), and
 the first cut removes that surplus. (Starting from the surplus instead keeps the bonds over-complete
 for longer; with Adam, whose steps are per element, the effective step on the weight matrix then
-grows with the parameter count, and on Rotten Tomatoes the recurrent matrix's norm tripled within an
+grows with the parameter count, and in the LSTM recipe the recurrent matrix's norm tripled within an
 epoch: ``scripts/lstm_training_variants.py``, RESULTS.md.) Each cut is a TT-SVD truncation of the trained
 cores (:meth:`mpokit.layers.base.MPOModuleBase.truncate_`), so it removes the smallest singular values
 of the weights as they are at that step. A cut replaces the cores by new ``nn.Parameter`` objects:

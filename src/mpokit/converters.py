@@ -467,7 +467,7 @@ def _embedding_to_mpo(module: nn.Embedding, cfg: "MPOLayerConfig") -> MPOEmbeddi
     pad = module.padding_idx
     if pad is not None and bool(module.weight[pad].detach().any()):
         # MPOEmbedding zeroes the output at padding_idx (nn.Embedding's zero-initialised row); a pre-trained
-        # table can hold a non-zero padding row (all-MiniLM-L6-v2 does), which nn.Embedding returns as is.
+        # table can hold a non-zero padding row (pre-trained BERT checkpoints often do), which nn.Embedding returns as is.
         # Keep that behaviour: no masking, and remember the index for the way back.
         layer.padding_idx = None
     layer.source_padding_idx = pad

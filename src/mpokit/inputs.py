@@ -32,7 +32,7 @@ def _is_int(v) -> bool:
 @dataclass
 class DataSpec:
     """Where the data comes from and how it is cut. ``data`` is a file, a ``save_to_disk`` folder or a
-    registered name (``rotten_tomatoes``, ``ptb``); sizes are ints >= 1 or None (everything)."""
+    registered name (see :mod:`mpokit.data.registry`); sizes are ints >= 1 or None (everything)."""
 
     data: str | None = None
     validation_data: str | None = None
@@ -57,7 +57,7 @@ class DataSpec:
         """Raise a ValueError naming the first bad field (checked again at the point of use)."""
         if self.data is None:
             raise ValueError("no training data: give data=, e.g. data='train.csv' (CSV, TSV, JSON, JSON Lines, "
-                             "Parquet, text) or a built-in name such as data='rotten_tomatoes'")
+                             "Parquet, text) or a registered data set name")
         for name in _SIZES:
             v = getattr(self, name)
             if v is not None and (not _is_int(v) or v < 1):

@@ -2,7 +2,7 @@
 
 * :func:`load_data` -> :class:`TaskData` (:mod:`.task_data`), from files (:mod:`.sources`: CSV, TSV, JSON,
   JSON Lines, Parquet, text, ``save_to_disk`` folders) or names (:mod:`.registry`; the recipes register
-  ``rotten_tomatoes`` and ``ptb``); labels and task inference (:mod:`.labels`); seeded, stratified splits
+  their own); labels and task inference (:mod:`.labels`); seeded, stratified splits
   (:mod:`.splits`);
 * a word-level vocabulary for models without a tokenizer (:mod:`.vocab`, used by the LSTM recipes).
 """

@@ -1,9 +1,9 @@
 """Named data sets: a registry of loaders that :func:`mpokit.data.load_data` uses when ``train`` is a name.
 
 The library itself registers no data set. *Provider modules* register theirs when imported; the
-registry imports the providers in :data:`PROVIDERS` (by default ``mpokit.recipes.datasets``, which
-registers ``rotten_tomatoes`` and ``ptb``) the first time a name is looked up that is not registered
-yet, so ``load_data("rotten_tomatoes")`` works without importing the recipes first. A package of
+registry imports the providers in :data:`PROVIDERS` (by default the recipes' module, which registers
+the paper reproductions' data sets) the first time a name is looked up that is not registered yet, so
+``load_data(name)`` works without importing the recipes first. A package of
 one's own adds its module with :func:`add_provider`, or calls :func:`register_dataset` directly.
 
 * :class:`NamedDataset`: what a loader returns: ``train`` (required), ``validation`` and ``test``

@@ -6,7 +6,7 @@
               text_column="text", text_pair_column=None, label_column="label", task=None, seed=0) -> TaskData
 
 * ``train``: a file or ``save_to_disk`` folder (formats: :mod:`mpokit.data.sources`), a registered
-  data set name (:mod:`mpokit.data.registry`, e.g. ``"rotten_tomatoes"``, ``"ptb"``), or a
+  data set name (:mod:`mpokit.data.registry`; the recipes register theirs), or a
   ``datasets.Dataset`` / ``DatasetDict``. A ``DatasetDict`` (folder, name or object) brings its
   ``validation`` (or ``valid``/``dev``/``val``) and ``test`` splits along; ``validation=`` / ``test=``
   (a path or a ``Dataset``) replace them.
