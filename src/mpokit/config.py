@@ -39,6 +39,24 @@ Memory
     rebuilding their matrix for backward, they recompute them (one extra
     rebuild per step; see :meth:`mpokit.layers.MPOModule.run_recomputed`).
     Fine-tuning memory then stays below dense fine-tuning's.
+
+Method and budget (data-aware compression, :func:`mpokit.compress` with ``calibration=``)
+    * ``method``: how each matrix is approximated, a key of :data:`mpokit.aware.METHODS`:
+      ``"mpo"`` (TT-SVD, MPOP), ``"mpo-aware"`` (cores fitted to the output error on the
+      calibration data, layout searched), ``"svd"``, ``"svd-whitened"`` (2-core low-rank MPOs),
+      ``"magnitude"``, ``"2:4"``, ``"wanda"`` (pruning: the dense module keeps a mask).
+      ``None`` (default): ``"mpo-aware"`` when calibration is given, else ``"mpo"``.
+    * ``budget``: a global fraction in (0, 1] of the targeted matrices' dense parameters
+      (then no per-kind truncation criterion may be set). A matrix whose share is its whole
+      dense size is kept lossless (an exact decomposition, or nothing pruned).
+    * ``allocation``: how ``budget`` is split: ``"global"`` (by the marginal decrease of
+      output error per parameter, :func:`mpokit.aware.allocation.allocate_budget`) or
+      ``"uniform"`` (the same fraction of every matrix).
+    * ``max_sweeps``: ALS sweeps of ``"mpo-aware"``; ``layout_search``: try every candidate
+      layout (:func:`mpokit.aware.layouts.candidate_layouts`) or only the default one
+      (``n_cores`` interleaved).
+
+    With neither calibration nor these fields, compression is TT-SVD exactly as in version 1.
 """
 
 from __future__ import annotations
@@ -50,13 +68,22 @@ from typing import Any
 
 from .mpo import GAUGES
 
-__all__ = ["MPOConfig", "MPOLayerConfig", "CONFIG_VERSION", "TRAINABLE_CHOICES", "KINDS", "ALL_LINEAR"]
+__all__ = ["MPOConfig", "MPOLayerConfig", "CONFIG_VERSION", "TRAINABLE_CHOICES", "KINDS", "ALL_LINEAR",
+           "ALLOCATIONS", "method_names"]
 
-CONFIG_VERSION = 1
+CONFIG_VERSION = 2  # 2: method, budget, allocation, max_sweeps, layout_search (version-1 JSON still loads)
 TRAINABLE_CHOICES = ("auxiliary", "all", "central", "none")
 KINDS = ("embedding", "attention", "ffn", "other")
 TIE_POLICIES = ("tie", "untie", "error")
 ALL_LINEAR = "all-linear"  # target_modules value selecting the all-linear fallback
+ALLOCATIONS = ("global", "uniform")
+
+
+def method_names() -> list[str]:
+    """The compression methods of :data:`mpokit.aware.METHODS` (imported when asked)."""
+    from .aware import METHODS
+
+    return list(METHODS)
 
 
 def _is_int(v) -> bool:
@@ -219,6 +246,11 @@ class MPOConfig:
     train_head: bool = True
     train_other: bool = True
     recompute: bool = True
+    method: str | None = None
+    budget: float | None = None
+    allocation: str = "global"
+    max_sweeps: int = 8
+    layout_search: bool = True
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
@@ -276,13 +308,44 @@ class MPOConfig:
         for name in ("train_biases", "train_layernorm", "train_embeddings", "train_head", "train_other", "recompute"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        self._validate_method()
         if not _is_int(self.version) or self.version > CONFIG_VERSION or self.version < 1:
             raise ValueError(
                 f"MPOConfig version {self.version!r} is not supported by this mpokit (understands 1..{CONFIG_VERSION}); "
                 "upgrade mpokit or re-save the config"
             )
 
+    def _validate_method(self) -> None:
+        if self.method is not None:
+            names = method_names()
+            if self.method not in names:
+                raise ValueError(f"method must be one of {names} or None (mpo-aware with calibration data, else mpo), "
+                                 f"got {self.method!r}; e.g. method='mpo-aware'")
+        if self.budget is not None:
+            if isinstance(self.budget, bool) or not isinstance(self.budget, (int, float)) or not 0 < self.budget <= 1:
+                raise ValueError(f"budget must be a fraction in (0, 1] of the targeted matrices' dense parameters, "
+                                 f"got {self.budget!r}; e.g. budget=0.5")
+            given = [f"{kind}.{k}" for kind in KINDS if getattr(self, kind) is not None
+                     for k in ("max_bond", "rel_error", "max_params", "param_ratio") if getattr(getattr(self, kind), k) is not None]
+            if given:
+                raise ValueError(f"budget={self.budget} splits one parameter budget over every matrix, but {given} also set "
+                                 "a truncation per kind; give one of them, e.g. MPOConfig(budget=0.5) with "
+                                 "MPOLayerConfig(n_cores=5) per kind")
+        if self.allocation not in ALLOCATIONS:
+            raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {self.allocation!r}; e.g. allocation='global'")
+        if not _is_int(self.max_sweeps) or self.max_sweeps < 0:
+            raise ValueError(f"max_sweeps must be an int >= 0 (ALS sweeps of mpo-aware), got {self.max_sweeps!r}; "
+                             "e.g. max_sweeps=8")
+        if not isinstance(self.layout_search, bool):
+            raise TypeError(f"layout_search must be True or False, got {self.layout_search!r}")
+
     # -- helpers ------------------------------------------------------------------
+
+    def resolved_method(self, calibrated: bool) -> str:
+        """``method``, or its default: ``"mpo-aware"`` with calibration data, ``"mpo"`` without."""
+        if self.method is not None:
+            return self.method
+        return "mpo-aware" if calibrated else "mpo"
 
     def layer_config(self, kind: str) -> MPOLayerConfig | None:
         if kind not in KINDS:
