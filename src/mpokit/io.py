@@ -36,12 +36,15 @@ entries and ``has_config``; version 1 folders (``MPOLinear`` / ``MPOEmbedding`` 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
+import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from .atomic import atomic_write_bytes, atomic_write_text, commit_file_set
 from .config import MPOConfig
@@ -463,36 +466,96 @@ def read_checkpoint_config(directory: str | os.PathLike, meta: dict | None = Non
         raise CheckpointError(f"{path} cannot be read as a transformers config: {e}") from None
 
 
+# ---------------------------------------------------------------------------
+# reading the weights: checked, then memory-mapped
+# ---------------------------------------------------------------------------
+
+_CHUNK_BYTES = 1 << 20
+
+
+def _identity(st: os.stat_result) -> tuple:
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _read_verified(path: Path, expected: dict) -> dict[str, torch.Tensor]:
+    """The tensors of the safetensors file ``path``, after checking its size and SHA-256 against ``expected``
+    (``{"bytes", "sha256"}``, from the manifest).
+
+    The file is hashed by streaming reads, then opened with ``safetensors.safe_open``: the tensors are views of a
+    private memory map of the file (pages are read when first touched, as transformers loads weights), so no copy
+    of the file is made. The file must not change in between (same inode, size and modification time), else
+    :class:`CheckpointError`. mpokit never rewrites a weights file in place (a save writes a new file and
+    removes the old one, which stays readable while mapped).
+    """
+    from safetensors import safe_open
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        checked = _identity(os.fstat(f.fileno()))
+        if checked[2] != expected["bytes"]:
+            raise CheckpointError(f"{path} is truncated or was replaced: {checked[2]:,} bytes, but {MPO_CONFIG_NAME} "
+                                  f"records {expected['bytes']:,}")
+        while chunk := f.read(_CHUNK_BYTES):
+            digest.update(chunk)
+    if digest.hexdigest() != expected["sha256"]:
+        raise CheckpointError(f"{path} is corrupt: SHA-256 {digest.hexdigest()[:16]}... does not match "
+                              f"{expected['sha256'][:16]}... recorded in {MPO_CONFIG_NAME}")
+    try:
+        with safe_open(str(path), framework="pt") as st:
+            opened = _identity(os.stat(path))
+            tensors = {name: st.get_tensor(name) for name in st.keys()}
+    except Exception as e:  # noqa: BLE001 - a well-hashed but unreadable file (SafetensorError, OSError, ...)
+        raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from None
+    if opened != checked:
+        raise CheckpointError(f"{path} changed while it was being loaded (another process wrote it); load it again")
+    return tensors
+
+
 def load_checked_weights(directory: str | os.PathLike, meta: dict | None = None) -> dict[str, torch.Tensor]:
     """The tensors of ``directory/model.safetensors`` after checking its size and SHA-256 against ``mpo_config.json``."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load as st_load
-
     directory = Path(directory)
     meta = _read_meta(directory) if meta is None else meta
     wpath = _inside(directory, meta["weights"]["file"])
     if not wpath.is_file():
         raise CheckpointError(f"{wpath} is missing; the checkpoint folder is incomplete")
-    data = wpath.read_bytes()
-    expected = meta["weights"]["bytes"]
-    if len(data) != expected:
-        raise CheckpointError(
-            f"{wpath} is truncated or was replaced: {len(data):,} bytes, but {MPO_CONFIG_NAME} records {expected:,}"
-        )
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != meta["weights"]["sha256"]:
-        raise CheckpointError(
-            f"{wpath} is corrupt: SHA-256 {digest[:16]}... does not match {meta['weights']['sha256'][:16]}... "
-            f"recorded in {MPO_CONFIG_NAME}"
-        )
-    try:
-        return st_load(data)
-    except (SafetensorError, Exception) as e:  # a well-hashed but unreadable file
-        raise CheckpointError(f"{wpath} is not a readable safetensors file: {e}") from None
+    return _read_verified(wpath, meta["weights"])
+
+
+# ---------------------------------------------------------------------------
+# the skeleton: the model with its parameters on the meta device
+# ---------------------------------------------------------------------------
+
+
+class _EmptyOnMeta(TorchFunctionMode):
+    """While active, ``torch.empty`` / ``torch.empty_strided`` calls that name no device allocate on the meta device.
+
+    Modules create their parameters uninitialised and fill them in place (``nn.Parameter(torch.empty(out, in))``,
+    then an init), which on the meta device allocates and computes nothing. Tensors computed from values
+    (``torch.arange``, ``torch.zeros``, ``torch.tensor``: rotary frequencies, position ids, scales) stay real, so
+    the non-persistent buffers, which no checkpoint holds, keep the values their constructor gives them.
+    """
+
+    _UNINITIALISED = (torch.empty, torch.empty_strided)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self._UNINITIALISED and kwargs.get("device") is None:
+            kwargs = {**kwargs, "device": "meta"}
+        return func(*args, **kwargs)
+
+
+def _non_persistent_buffers(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    return [(f"{prefix}.{name}" if prefix else name, m._buffers[name])
+            for prefix, m in model.named_modules() for name in m._non_persistent_buffers_set
+            if m._buffers.get(name) is not None]
 
 
 def _build_from_config(directory: Path, meta: dict) -> nn.Module:
-    """The dense transformers model described by ``config.json`` (random weights)."""
+    """The transformers model of the checkpoint's config, parameters on the meta device (see :class:`_EmptyOnMeta`).
+
+    A constructor that cannot run so (it reads its parameters' values, or computes a non-persistent buffer from an
+    uninitialised tensor) is run again with real tensors, with a warning: loading then holds the dense model.
+    """
     cls_name = meta["model_class"]
     hf_config = read_checkpoint_config(directory, meta)
     if hf_config is None:
@@ -508,7 +571,23 @@ def _build_from_config(directory: Path, meta: dict) -> nn.Module:
             f"model class {cls_name!r} is not in this transformers version; pass a freshly built dense model "
             f"with from_pretrained({str(directory)!r}, model=...)"
         )
-    return cls._from_config(hf_config) if hasattr(cls, "_from_config") else cls(hf_config)
+
+    def build() -> nn.Module:
+        return cls._from_config(hf_config) if hasattr(cls, "_from_config") else cls(hf_config)
+
+    try:
+        with _EmptyOnMeta():
+            model = build()
+        empty = [name for name, b in _non_persistent_buffers(model) if b.is_meta]
+        reason = f"its non-persistent buffers {empty[:3]} are computed from uninitialised tensors" if empty else None
+    except Exception as e:  # noqa: BLE001 - a constructor that needs the values of its parameters
+        reason = f"its constructor fails on the meta device ({type(e).__name__}: {e})"
+    if reason is None:
+        return model
+    model = build()
+    warnings.warn(f"{cls_name} is built with real (randomly initialised) weights before loading {directory}: {reason}; "
+                  "loading needs the memory of the dense model", stacklevel=3)
+    return model
 
 
 def _check_skeleton(model, meta: dict, directory: Path) -> nn.Module:
@@ -526,15 +605,84 @@ def _check_skeleton(model, meta: dict, directory: Path) -> nn.Module:
     return model
 
 
-def from_pretrained(directory: str | os.PathLike, model: nn.Module | None = None, *, device=None,
-                    dtype=None) -> nn.Module:
+def _tied_groups(model: nn.Module) -> list[list[tuple[nn.Module, str, str]]]:
+    """``[(module, attribute, state name), ...]`` per Parameter that several modules hold (tied weights), in the
+    order ``load_state_dict`` visits them."""
+    slots: dict[int, dict[tuple[int, str], tuple[nn.Module, str, str]]] = {}
+    for prefix, m in model.named_modules(remove_duplicate=False):
+        for name, p in m._parameters.items():
+            if p is not None:
+                key = f"{prefix}.{name}" if prefix else name
+                slots.setdefault(id(p), {}).setdefault((id(m), name), (m, name, key))
+    return [list(group.values()) for group in slots.values() if len(group) > 1]
+
+
+def _retie(groups: list[list[tuple[nn.Module, str, str]]]) -> None:
+    """After ``load_state_dict(assign=True)`` gave each slot of a tied group its own Parameter: one for all, the
+    one the last slot got (a copying load leaves that value in the shared Parameter)."""
+    for group in groups:
+        last_module, last_name, _ = group[-1]
+        shared = last_module._parameters[last_name]
+        for m, name, _ in group[:-1]:
+            setattr(m, name, shared)
+
+
+def _to_skeleton(state: dict[str, torch.Tensor], model: nn.Module, device) -> None:
+    """Convert, one tensor at a time, each tensor of ``state`` to the dtype of the model's tensor of that name (as a
+    copying ``load_state_dict`` casts it) and to ``device``."""
+    targets = model.state_dict(keep_vars=True)
+    for name in list(state):
+        ref = targets.get(name)
+        state[name] = state[name].to(device=device, dtype=None if ref is None else ref.dtype)
+
+
+def _inference_setter(inference, max_memory):
+    """``mpokit.inference.set_inference_mode`` when ``inference`` names a policy (checked here), else None."""
+    if inference is None:
+        if max_memory is not None:
+            raise ValueError(f"max_memory={max_memory!r} is the budget of an inference policy, so it needs inference= "
+                             "too; e.g. from_pretrained(folder, inference='auto', max_memory='300MB')")
+        return None
+    from . import inference as policies  # lazy: only loads that set a policy need it
+
+    if not isinstance(inference, str) or inference not in policies.POLICIES:
+        raise ValueError(f"inference must be one of {policies.POLICIES} or None, got {inference!r}; "
+                         "e.g. from_pretrained(folder, inference='auto')")
+    return policies.set_inference_mode
+
+
+def _check_device_dtype(device, dtype):
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"dtype must be a floating torch.dtype or None, got {dtype!r}; e.g. dtype=torch.bfloat16")
+    if device is None:
+        return None
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be a torch.device or a device string, got {device!r}; e.g. device='cpu'") from None
+
+
+def from_pretrained(directory: str | os.PathLike, model: nn.Module | None = None, *, device=None, dtype=None,
+                    inference: str | None = None, max_memory: int | str | None = None) -> nn.Module:
     """Load a model saved by :func:`save_pretrained` (in eval mode, trainable flags as saved).
 
-    Without ``model`` the dense model is built from ``config.json`` (transformers
-    models). With ``model`` (a freshly built dense model of the saved class, for
-    models without a transformers config, like PEFT's ``from_pretrained(model, ...)``)
-    that model is converted and loaded in place and returned.
+    Without ``model`` the model is built from the checkpoint's transformers config with its parameters on the meta
+    device (no values), the MPO modules are created at their saved structure (on the meta device too), and every
+    tensor read from the weights file is assigned in place (``load_state_dict(assign=True)``), cast to the dtype the
+    model gives it and moved to ``device``: the dense weights of the compressed matrices are never allocated, and
+    the loaded tensors are the only copy of the weights. Weights tied in the model (a dense head tied to the word
+    embedding) are tied again afterwards; a head tied to an MPO embedding (``MPOTiedLinear``) shares its cores.
+
+    With ``model`` (a freshly built dense model of the saved class, for models without a transformers config, like
+    PEFT's ``from_pretrained(model, ...)``) that model is converted and loaded in place (copying the tensors into
+    its parameters) and returned.
+
+    ``dtype``: the parameters' dtype (default: as the model is built). ``device``: where the model ends up.
+    ``inference`` (one of :data:`mpokit.inference.POLICIES`) and ``max_memory`` (bytes, or ``"300MB"``) then set
+    the inference policy with :func:`mpokit.inference.set_inference_mode`.
     """
+    set_inference_mode = _inference_setter(inference, max_memory)
+    device = _check_device_dtype(device, dtype)
     directory = Path(directory)
     if not directory.is_dir():
         raise CheckpointError(f"{str(directory)!r} is not a folder; pass the folder given to save_pretrained")
@@ -544,12 +692,18 @@ def from_pretrained(directory: str | os.PathLike, model: nn.Module | None = None
     if dtype is not None:
         model = model.to(dtype=dtype)
     apply_structure(model, meta["modules"])
+    assign = any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers()))
+    tied = _tied_groups(model) if assign else []
+    if assign:
+        _to_skeleton(state, model, device)
+    tied_name = {key: k for k, group in enumerate(tied) for _, _, key in group}
     for alias, canonical in meta["aliases"].items():
         if canonical not in state:
             raise CheckpointError(f"alias {alias!r} -> {canonical!r}: {canonical!r} is not in {WEIGHTS_NAME}")
-        state[alias] = state[canonical]
+        shared = not assign or tied_name.get(alias, -1) == tied_name.get(canonical, -2)
+        state[alias] = state[canonical] if shared else state[canonical].clone()  # assigned: one storage per Parameter
     try:
-        result = model.load_state_dict(state, strict=False)
+        result = model.load_state_dict(state, strict=False, assign=assign)
     except RuntimeError as e:
         raise CheckpointError(f"{directory} does not match the model built from its config: {e}") from None
     missing = [k for k in result.missing_keys]
@@ -558,6 +712,12 @@ def from_pretrained(directory: str | os.PathLike, model: nn.Module | None = None
             f"{directory} does not match the {meta['model_class']} it was loaded into: "
             f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, unexpected {result.unexpected_keys[:5]}"
         )
+    if assign:
+        _retie(tied)
+        empty = [n for n, t in itertools.chain(model.named_parameters(), model.named_buffers()) if t.is_meta]
+        if empty:
+            raise CheckpointError(f"{empty[:5]} of the {meta['model_class']} are on the meta device and {directory} "
+                                  "holds no value for them (non-persistent buffers); build model= with real buffers")
     if meta.get("mpo_config") is not None:
         model.mpo_config = MPOConfig.from_dict(meta["mpo_config"])
         set_recompute(model, model.mpo_config.recompute)
@@ -566,4 +726,7 @@ def from_pretrained(directory: str | os.PathLike, model: nn.Module | None = None
         p.requires_grad_(name in trainable)
     if device is not None:
         model = model.to(device)
-    return model.eval()
+    model.eval()
+    if set_inference_mode is not None:
+        set_inference_mode(model, inference, max_memory=max_memory)
+    return model
