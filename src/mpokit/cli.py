@@ -24,6 +24,7 @@ COMMANDS: list[str] = [
     "squeeze",
     "decompose",
     "lstm",
+    "export",
 ]
 
 
