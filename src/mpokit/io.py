@@ -13,12 +13,13 @@ A checkpoint folder holds
 A save is one commit (:func:`mpokit.atomic.commit_file_set`): the files under their hashed
 names first, the manifest last, then the files of the previous save are removed. A kill at
 any moment leaves the old or the new checkpoint loadable, never a mix; temporary files of an
-interrupted save are removed by the next one. :func:`from_pretrained` builds the dense
-model (from ``config.json``, or takes the freshly built dense ``model=`` for a
-model without a transformers config), recreates the MPO modules with the saved
-bond dimensions (no decomposition), checks size and checksum, and loads the
-tensors strictly: a corrupt, truncated or mismatched checkpoint raises
-:class:`CheckpointError` saying which file and why.
+interrupted save are removed by the next one. :func:`from_pretrained` checks the size and
+checksum of the weights, builds the model from the committed config with its parameters
+on the meta device (or takes the freshly built dense ``model=`` for a model without a
+transformers config), recreates the MPO modules with the saved bond dimensions (no
+decomposition, no values), and assigns the tensors of the weights file strictly: the
+dense matrices of the compressed layers are never allocated. A corrupt, truncated or
+mismatched checkpoint raises :class:`CheckpointError` saying which file and why.
 
 Saving into a folder that holds another model is refused unless ``overwrite=True``: an mpokit
 checkpoint of another class, model type or architecture (other modules, or other tensor shapes
