@@ -20,6 +20,15 @@ from mpokit.targets import find_targets
 pytestmark = pytest.mark.filterwarnings("ignore")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # tiny float64 kernels: one thread avoids oversubscribing a shared machine; restored afterwards
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _targets(model) -> list[str]:
     return [t[0] for t in find_targets(model, MPOConfig())]
 

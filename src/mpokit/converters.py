@@ -62,6 +62,7 @@ __all__ = [
     "converter_of_mpo",
     "keeps_forward",
     "convert",
+    "convert_from_mpo",
     "attach_weight",
     "detach_weight",
     "mpo_weight_of",
@@ -94,6 +95,8 @@ class Converter:
         lora: a type peft's LoRA wraps (:func:`mpokit.targets.linear_target_names`).
         ties_to_output: its weight may be shared with the model's output projection (word embeddings).
         check: ``check(module)`` raises ``ValueError`` for settings the MPO cannot reproduce, or ``None``.
+        from_mpo: ``from_mpo(module, mpo) -> MPO module`` holding a given :class:`MPO` of the matrix (e.g. a
+            data-aware fit, :func:`convert_from_mpo`), bias and settings from ``module``; ``None``: not supported.
     """
 
     name: str
@@ -112,6 +115,7 @@ class Converter:
     lora: bool = False
     ties_to_output: bool = False
     check: Callable[[nn.Module], None] | None = None
+    from_mpo: Callable[[nn.Module, MPO], nn.Module] | None = None
 
 
 CONVERTERS: dict[str, Converter] = {}
@@ -253,6 +257,30 @@ def convert(module: nn.Module, converter: Converter, layer_config: "MPOLayerConf
     return Converted(new, new, converter.mpo_matrices(new), False)
 
 
+def convert_from_mpo(module: nn.Module, converter: Converter, mpo: MPO) -> Converted:
+    """As :func:`convert`, but the module holds the given ``mpo`` of its matrix ``(rows, cols)`` instead of a TT-SVD.
+
+    ``mpo`` is moved to the module's dtype and device. A module that keeps its own forward gets an
+    :class:`MPOWeight` of ``mpo``; a converter without ``from_mpo`` (LSTM: several matrices) raises ``ValueError``.
+    """
+    if converter.check is not None:
+        converter.check(module)
+    ref = next(module.parameters(), None)
+    if ref is not None:
+        mpo = mpo.to(device=ref.device, dtype=ref.dtype)
+    if keeps_forward(module, converter) and converter.weight_transposed is not None:
+        holder = MPOWeight(list(mpo.cores), mpo.shape, transposed=converter.weight_transposed, gauge=mpo.gauge)
+        holder.error_bound = float(mpo.error_bound)
+        attach_weight(module, holder, converter.name)
+        return Converted(module, holder, [("", holder)], True)
+    if converter.from_mpo is None or keeps_forward(module, converter):
+        raise ValueError(f"a {converter.name} ({type(module).__name__}) cannot be built from one given MPO: it holds "
+                         "no single weight matrix mpokit can replace; compress it with method='mpo' or exclude it")
+    new = converter.from_mpo(module, mpo)
+    new.source_type = converter.name
+    return Converted(new, new, converter.mpo_matrices(new), False)
+
+
 # ---------------------------------------------------------------------------
 # walking a model
 # ---------------------------------------------------------------------------
@@ -362,6 +390,13 @@ def _linear_to_mpo(module: nn.Linear, cfg: "MPOLayerConfig") -> MPOLinear:
     return MPOLinear.from_linear(module, **cfg.mpo_options(module.weight.numel()))
 
 
+def _linear_from_mpo(module: nn.Module, mpo: MPO) -> MPOLinear:
+    """``nn.Linear`` / ``Conv1D``: ``mpo`` holds ``W (out, in)`` (for Conv1D that is ``weight^T``); bias from ``module``."""
+    layer = MPOLinear.from_mpo(mpo, module.bias)
+    layer.train(module.training)
+    return layer
+
+
 def _linear_manifest(m: MPOLinear) -> dict:
     return {**_mpo_fields(m), "bias": m.bias is not None, "source_type": getattr(m, "source_type", None) or "Linear"}
 
@@ -389,6 +424,7 @@ register_converter(Converter(
                                                if isinstance(old, nn.Linear) else None),
     base_forward=lambda: nn.Linear.forward,
     lora=True,
+    from_mpo=_linear_from_mpo,
 ))
 
 
@@ -445,6 +481,7 @@ register_converter(Converter(
     base_forward=lambda: getattr(_conv1d_class(), "forward", None),
     weight_transposed=True,
     lora=True,
+    from_mpo=_linear_from_mpo,
 ))
 
 
@@ -482,6 +519,17 @@ def _embedding_to_dense(m: MPOEmbedding) -> nn.Embedding:
     return dense
 
 
+def _embedding_from_mpo(module: nn.Embedding, mpo: MPO) -> MPOEmbedding:
+    """``mpo`` holds the table ``(num_embeddings, dim)``; ``padding_idx`` handled as :func:`_embedding_to_mpo` does."""
+    layer = MPOEmbedding.from_mpo(mpo, module.padding_idx)
+    pad = module.padding_idx
+    if pad is not None and bool(module.weight[pad].detach().any()):
+        layer.padding_idx = None  # a non-zero pre-trained padding row is returned as is, as nn.Embedding does
+    layer.source_padding_idx = pad
+    layer.train(module.training)
+    return layer
+
+
 def _embedding_manifest(m: MPOEmbedding) -> dict:
     return {**_mpo_fields(m), "padding_idx": m.padding_idx,
             "source_padding_idx": getattr(m, "source_padding_idx", m.padding_idx), "source_type": "Embedding"}
@@ -512,6 +560,7 @@ register_converter(Converter(
     all_linear=False,
     ties_to_output=True,
     check=_check_embedding,
+    from_mpo=_embedding_from_mpo,
 ))
 
 

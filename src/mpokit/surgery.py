@@ -13,6 +13,12 @@
 * A module whose class overrides the base type's ``forward`` keeps its class
   and forward: an :class:`~mpokit.layers.weight.MPOWeight` supplies its weight
   through ``torch.nn.utils.parametrize`` (report rows say ``parametrized``).
+* Data-aware compression: ``compress(model, config, calibration=...)`` takes the layers' input statistics
+  (:mod:`mpokit.calibration`) and, with ``MPOConfig.method`` / ``budget`` / ``allocation``, approximates
+  every matrix through :mod:`mpokit.aware` (one harness for mpo, mpo-aware, svd, svd-whitened, magnitude,
+  2:4 and wanda; a global budget split by marginal output error per parameter). MPO results become MPO
+  modules (:func:`mpokit.converters.convert_from_mpo`), pruning results a masked dense module. Report rows
+  then carry the method, the layout, the output and weight errors and the layouts tried.
 * :func:`merge_and_unload` rebuilds dense modules through the same converters
   (``Conv1D`` comes back as ``Conv1D``, ``MPOLSTM`` as ``nn.LSTM``; a parametrized
   module gets a dense ``weight`` Parameter again).
@@ -27,15 +33,18 @@ weight is transposed on the way in and back on the way out.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .calibration import stats_or_collect
 from .config import MPOConfig
 from .converters import CONVERTERS, convert, converted_modules, detach_weight
 from .layers.base import MPOModule
+from .mpo import MPO
 from .targets import ARCHITECTURES, ArchitectureDefaults, Target, find_targets, register_architecture, resolve_targets
 from .targets import _call, _name_of, _resolve, _warn_unmatched
 
@@ -106,11 +115,17 @@ class MPOTiedLinear(nn.Module):
 class ModuleReport:
     """What happened to one matrix (an LSTM gives one row per W / U, named ``<lstm>.weight_ih_l0`` ...).
 
-    ``shape`` is the MPO's ``(rows, cols)``; ``params_before`` the dense matrix's
-    entries, ``params_after`` its MPO's; ``rel_error_bound`` bounds
-    ``||W - W_mpo||_F / ||W||_F``. ``reason`` says why the module was taken
-    (:class:`mpokit.targets.Target`); ``parametrized`` that the module kept its
-    class and forward and an MPO supplies its weight.
+    ``shape`` is the matrix's ``(rows, cols)``; ``params_before`` the dense matrix's entries,
+    ``params_after`` what is stored now (MPO core entries, or the nonzeros a pruning mask keeps);
+    ``rel_error_bound`` bounds ``||W - W'||_F / ||W||_F`` (for the data-aware path it is the measured
+    ``rel_weight_error``). ``reason`` says why the module was taken (:class:`mpokit.targets.Target`);
+    ``parametrized`` that the module kept its class and forward and an MPO supplies its weight.
+
+    ``method`` (a key of :data:`mpokit.aware.METHODS`), ``layout`` (``"interleaved-5"``, ``"low-rank"``,
+    a hybrid, ``"mask"`` for pruning; None when not recorded), ``rel_output_error``
+    (``sqrt(tr((W - W') C (W - W')^T) / tr(W C W^T))`` under the calibration data, None without it),
+    ``rel_weight_error`` (measured; None when not computed), ``trials`` (one dict per layout tried by
+    ``mpo-aware``: layout, params, bonds, both errors) and ``detail`` (sweep history, initialisation...).
     """
 
     name: str
@@ -125,6 +140,12 @@ class ModuleReport:
     rel_error_bound: float
     reason: str = ""
     parametrized: bool = False
+    method: str = "mpo"
+    layout: str | None = None
+    rel_output_error: float | None = None
+    rel_weight_error: float | None = None
+    trials: list[dict] = field(default_factory=list)
+    detail: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -133,6 +154,8 @@ class CompressionReport:
 
     ``unmatched`` lists the ``target_modules`` entries that matched no module
     (each also raised a warning); ``tied`` the heads that share or copy an embedding.
+    ``method``, ``budget``, ``allocation`` and ``calibration`` (the statistics' summary, None without
+    calibration) say how the data-aware path ran; ``seconds`` times its phases (calibration, allocation, fitting).
     """
 
     modules: list[ModuleReport] = field(default_factory=list)
@@ -140,6 +163,11 @@ class CompressionReport:
     model_params_after: int = 0
     tied: list[str] = field(default_factory=list)
     unmatched: list[str] = field(default_factory=list)
+    method: str = "mpo"
+    budget: float | None = None
+    allocation: str | None = None
+    calibration: dict | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def matrix_params_before(self) -> int:
@@ -149,6 +177,11 @@ class CompressionReport:
     def matrix_params_after(self) -> int:
         return sum(r.params_after for r in self.modules)
 
+    @property
+    def data_aware(self) -> bool:
+        """Whether the rows carry method / error columns (calibration given, or a method other than TT-SVD)."""
+        return any(r.rel_output_error is not None or r.rel_weight_error is not None for r in self.modules)
+
     def to_dict(self) -> dict:
         return {
             "modules": [asdict(r) for r in self.modules],
@@ -156,20 +189,31 @@ class CompressionReport:
             "model_params_after": self.model_params_after,
             "tied": list(self.tied),
             "unmatched": list(self.unmatched),
+            "method": self.method,
+            "budget": self.budget,
+            "allocation": self.allocation,
+            "calibration": self.calibration,
+            "seconds": dict(self.seconds),
         }
 
     def table(self) -> str:
+        aware = self.data_aware
         w = max([len("module")] + [len(r.name) for r in self.modules])
         rw = max([len("reason")] + [len(r.reason) + (len(", parametrized") if r.parametrized else 0) for r in self.modules])
-        head = (f"{'module':<{w}} {'kind':<9} {'shape':>12} {'out modes':>16} {'in modes':>16} {'bonds':>20} "
-                f"{'before':>10} {'after':>10} {'rel.err<=':>9}  {'reason':<{rw}}")
+        lw = max([len("layout")] + [len(r.layout or "-") for r in self.modules])
+        extra = f" {'method':<12} {'layout':<{lw}}" if aware else ""
+        errs = f" {'out.err':>8} {'w.err':>8}" if aware else ""
+        head = (f"{'module':<{w}} {'kind':<9}{extra} {'shape':>12} {'out modes':>16} {'in modes':>16} {'bonds':>20} "
+                f"{'before':>10} {'after':>10} {'rel.err<=':>9}{errs}  {'reason':<{rw}}")
         lines = [head, "-" * len(head)]
         for r in self.modules:
             why = r.reason + (", parametrized" if r.parametrized else "")
+            cols = f" {r.method:<12} {r.layout or '-':<{lw}}" if aware else ""
+            err = f" {_fmt(r.rel_output_error):>8} {_fmt(r.rel_weight_error):>8}" if aware else ""
             lines.append(
-                f"{r.name:<{w}} {r.kind:<9} {'x'.join(map(str, r.shape)):>12} {str(r.out_modes):>16} "
+                f"{r.name:<{w}} {r.kind:<9}{cols} {'x'.join(map(str, r.shape)):>12} {str(r.out_modes):>16} "
                 f"{str(r.in_modes):>16} {str(r.bond_dims):>20} {r.params_before:>10,} {r.params_after:>10,} "
-                f"{r.rel_error_bound:>9.2e}  {why}"
+                f"{r.rel_error_bound:>9.2e}{err}  {why}"
             )
         lines.append("-" * len(head))
         mb, ma = self.matrix_params_before, self.matrix_params_after
@@ -178,6 +222,11 @@ class CompressionReport:
             f"model: {self.model_params_before:,} -> {self.model_params_after:,} parameters "
             f"({self.model_params_after / max(self.model_params_before, 1):.3f}x)"
         )
+        if aware:
+            how = f"method {self.method}" + (f", budget {self.budget} ({self.allocation})" if self.budget is not None else "")
+            if self.calibration:
+                how += f"; calibration: {self.calibration['sequences']:,} sequences, {self.calibration['tokens']:,} tokens"
+            lines.append(how)
         for t in self.tied:
             lines.append(f"tied: {t}")
         for u in self.unmatched:
@@ -185,6 +234,10 @@ class CompressionReport:
         return "\n".join(lines)
 
     __str__ = table
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 # ---------------------------------------------------------------------------
@@ -209,8 +262,9 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return total
 
 
-def compress(model: nn.Module, config: MPOConfig | None = None, *, return_report: bool = False):
-    """Convert the targeted modules of ``model`` to MPO modules, in place.
+def compress(model: nn.Module, config: MPOConfig | None = None, *, calibration=None, return_report: bool = False,
+             progress: bool = False):
+    """Convert the targeted modules of ``model`` to MPO modules (or prune them), in place.
 
     Targets come from :func:`mpokit.targets.resolve_targets`; each goes through
     its converter (:data:`mpokit.converters.CONVERTERS`) with the layer config of
@@ -221,15 +275,43 @@ def compress(model: nn.Module, config: MPOConfig | None = None, *, return_report
     config as ``model.mpo_config``. A ``target_modules`` entry that matches no
     module raises a warning and is listed in ``report.unmatched``; ``ValueError``
     names the targets and candidates when nothing matched.
+
+    ``calibration``: a :class:`mpokit.calibration.CalibrationStats`, or an iterable of batches from which
+    they are collected on the dense model first (:func:`mpokit.calibration.collect_calibration`). With
+    calibration the method defaults to ``"mpo-aware"`` and every row reports its output error under it.
+    Method ``"mpo"`` without ``budget`` is today's TT-SVD (identical modules, with or without calibration);
+    any other method, or a ``budget``, runs the data-aware path (:func:`_compress_aware`): each matrix is
+    approximated by :func:`mpokit.aware.approximate` at its share of the budget; MPO results (mpo, mpo-aware,
+    svd, svd-whitened) become MPO modules, pruning results keep the dense module with a
+    ``torch.nn.utils.prune`` mask (zeros stay zero through fine-tuning; nonzeros are counted as its parameters).
+    ``progress`` shows bars for calibration and fitting.
     """
+    import time
+
     config = MPOConfig() if config is None else config
     targets, unmatched = _resolve(model, config)
+    method = config.resolved_method(calibrated=calibration is not None)
+    aware = method != "mpo" or config.budget is not None
+    if aware:
+        _check_aware_inputs(model, targets, config, method, calibration)
     _warn_unmatched(unmatched)
-    report = CompressionReport(model_params_before=count_parameters(model), unmatched=list(unmatched))
+    report = CompressionReport(model_params_before=count_parameters(model), unmatched=list(unmatched), method=method,
+                               budget=config.budget, allocation=config.allocation if config.budget is not None else None)
+    stats = None
+    if calibration is not None:
+        t0 = time.perf_counter()
+        stats = stats_or_collect(model, calibration, [t.name for t in targets], progress=progress)
+        report.seconds["calibration"] = time.perf_counter() - t0
+        report.calibration = stats.summary()
     out_emb = _call(model, "get_output_embeddings")
-    for target in targets:
-        _compress_one(model, target, config, out_emb, report)
-    report.model_params_after = count_parameters(model)
+    t0 = time.perf_counter()
+    if aware:
+        _compress_aware(model, targets, config, method, stats, out_emb, report, progress)
+    else:
+        for target in targets:
+            _compress_one(model, target, config, out_emb, report, stats)
+    report.seconds["fitting"] = time.perf_counter() - t0 - report.seconds.get("allocation", 0.0)
+    report.model_params_after = count_parameters(model) - _pruned_zeros(report)
     model.mpo_config = config
     model.mpo_report = report
     mark_trainable(model, config)
@@ -245,41 +327,282 @@ def _tied_head(target: Target, out_emb: nn.Module | None) -> nn.Module | None:
     return out_emb if weight is not None and out_emb._parameters.get("weight") is weight else None
 
 
-def _compress_one(model: nn.Module, target: Target, config: MPOConfig, out_emb, report: CompressionReport) -> None:
+def _untie_or_refuse(model: nn.Module, target: Target, config: MPOConfig, head, report: CompressionReport) -> None:
+    """The ``tied_embeddings`` policy for a target whose weight the output projection ``head`` shares."""
+    name, head_name = target.name, _name_of(model, head)
+    if config.tied_embeddings == "error":
+        raise ValueError(
+            f"{name} is tied to the output projection {head_name!r} (same Parameter); "
+            "choose MPOConfig(tied_embeddings='tie') to share the MPO cores with the head, "
+            "'untie' to keep a dense copy in the head, or exclude the embedding with "
+            f"MPOConfig(embedding=None)"
+        )
+    if config.tied_embeddings == "untie":  # copy first: converting may drop the shared Parameter
+        head.weight = nn.Parameter(head.weight.detach().clone())
+        if getattr(model, "config", None) is not None and hasattr(model.config, "tie_word_embeddings"):
+            model.config.tie_word_embeddings = False
+        report.tied.append(f"{head_name} untied from {name} (dense copy kept)")
+
+
+def _compress_one(model: nn.Module, target: Target, config: MPOConfig, out_emb, report: CompressionReport,
+                  stats=None) -> None:
     conv = CONVERTERS[target.converter]
     name = target.name
     head = _tied_head(target, out_emb)
     head_name = _name_of(model, head)
     if head is not None:
-        if config.tied_embeddings == "error":
-            raise ValueError(
-                f"{name} is tied to the output projection {head_name!r} (same Parameter); "
-                "choose MPOConfig(tied_embeddings='tie') to share the MPO cores with the head, "
-                "'untie' to keep a dense copy in the head, or exclude the embedding with "
-                f"MPOConfig(embedding=None)"
-            )
-        if config.tied_embeddings == "untie":  # copy first: converting may drop the shared Parameter
-            head.weight = nn.Parameter(head.weight.detach().clone())
-            if getattr(model, "config", None) is not None and hasattr(model.config, "tie_word_embeddings"):
-                model.config.tie_word_embeddings = False
-            report.tied.append(f"{head_name} untied from {name} (dense copy kept)")
+        _untie_or_refuse(model, target, config, head, report)
     dense = {suffix: (w.numel(), float(torch.linalg.vector_norm(w.detach().double())))
              for suffix, w in conv.dense_matrices(target.module)}
+    originals = {suffix: w.detach() for suffix, w in conv.dense_matrices(target.module)} if stats is not None else {}
     done = convert(target.module, conv, config.layer_config(target.kind))
     if not done.parametrized:
         _set_submodule(model, name, done.module)
     for suffix, m in done.matrices:
         numel, norm = dense[suffix]
-        report.modules.append(ModuleReport(
+        row = ModuleReport(
             name=f"{name}.{suffix}" if suffix else name, kind=target.kind, source_type=conv.name,
             shape=tuple(m.shape), out_modes=m.out_modes, in_modes=m.in_modes, bond_dims=m.bond_dims,
             params_before=numel, params_after=m.num_mpo_params,
             rel_error_bound=float(m.error_bound) / norm if norm > 0 else 0.0,
             reason=target.reason, parametrized=done.parametrized,
-        ))
+        )
+        if stats is not None and not suffix and name in stats:  # TT-SVD measured under the calibration data
+            _measure(row, originals[suffix], m, stats.objective(name))
+        report.modules.append(row)
     if head is not None and config.tied_embeddings == "tie":
         _set_submodule(model, head_name, MPOTiedLinear(done.cores_holder, getattr(head, "bias", None)))
         report.tied.append(f"{head_name} shares the MPO cores of {name}")
+
+
+@torch.no_grad()
+def _measure(row: ModuleReport, original: torch.Tensor, m: MPOModule, objective: dict) -> None:
+    from .aware.objective import relative_output_error
+
+    approx = m._rebuild_uncached().detach().to(original.dtype)
+    row.rel_output_error = float(relative_output_error(original, approx, **objective))
+    norm = float(torch.linalg.vector_norm(original.double()))
+    row.rel_weight_error = float(torch.linalg.vector_norm((original - approx).double())) / norm if norm > 0 else 0.0
+    row.layout = _layout_name(m.out_modes, m.in_modes, original.shape)
+
+
+def _layout_name(out_modes, in_modes, shape) -> str:
+    from .shapes import choose_modes
+
+    n = len(out_modes)
+    if n == 2 and tuple(out_modes) == (shape[0], 1) and tuple(in_modes) == (1, shape[1]):
+        return "low-rank"
+    return f"interleaved-{n}" if (tuple(out_modes), tuple(in_modes)) == choose_modes(shape[0], shape[1], n) else "given"
+
+
+def _pruned_zeros(report: CompressionReport) -> int:
+    """Entries a pruning mask zeroes (the dense Parameter still holds them)."""
+    return sum(r.params_before - r.params_after for r in report.modules if r.layout == "mask")
+
+
+# ---------------------------------------------------------------------------
+# the data-aware path: one method, one budget, every matrix through mpokit.aware
+# ---------------------------------------------------------------------------
+
+_FIXED_PATTERN = ("2:4",)  # a sparsity pattern, not a budget: half of every group of 4 is kept
+
+
+def _check_aware_inputs(model, targets, config: MPOConfig, method: str, calibration) -> None:
+    """Every reason the data-aware path would fail, before any work."""
+    from .aware.methods import NEEDS
+
+    if method in NEEDS and calibration is None:
+        raise ValueError(f"method {method!r} needs calibration data (the layers' input statistics); pass "
+                         f"compress(model, config, calibration=batches) or, on the command line, --calibration-data F; "
+                         f"or choose a method without data, e.g. method='mpo', 'svd' or 'magnitude'")
+    if method in _FIXED_PATTERN and config.budget is not None and config.budget < 0.5:
+        raise ValueError(f"method '2:4' keeps 2 of every 4 weights (half the parameters), so budget={config.budget} "
+                         "cannot be met; use budget=None or >= 0.5, or another method, e.g. method='wanda'")
+    for t in targets:
+        conv = CONVERTERS[t.converter]
+        if conv.from_mpo is None or len(conv.dense_matrices(t.module)) != 1:
+            raise ValueError(f"{t.name} is a {conv.name}, which method {method!r} and budgets do not handle (it holds "
+                             "several matrices, or no single weight); exclude it (MPOConfig(exclude_modules=[...])) "
+                             "or compress with method='mpo' and a per-kind truncation")
+        layer = config.layer_config(t.kind)
+        if config.budget is None and (layer.max_bond is not None or layer.rel_error is not None):
+            given = "max_bond" if layer.max_bond is not None else "rel_error"
+            raise ValueError(f"method {method!r} takes a parameter budget, not {given} ({t.kind}: {layer}); give "
+                             "MPOConfig(budget=0.5), or per kind MPOLayerConfig(param_ratio=0.5) / max_params; or use "
+                             "method='mpo'")
+        if layer.out_modes is not None or layer.in_modes is not None:
+            raise ValueError(f"method {method!r} with a budget chooses its own layouts; explicit out_modes / in_modes "
+                             f"({t.kind}) work with method='mpo' and a per-kind truncation only; drop them, e.g. "
+                             "MPOLayerConfig(n_cores=5)")
+        if NEEDS.get(method) == "C" and conv.default_kind == "embedding":
+            raise ValueError(f"method {method!r} scores weights by their input activations, which an embedding "
+                             f"({t.name}: token ids) does not have; leave it dense (MPOConfig(embedding=None), "
+                             "--no-embedding) or choose another method, e.g. method='magnitude'")
+        head = _tied_head(t, _call(model, "get_output_embeddings"))
+        if head is not None and config.tied_embeddings == "error":
+            raise ValueError(f"{t.name} is tied to the output projection {_name_of(model, head)!r}; choose "
+                             "MPOConfig(tied_embeddings='tie') or 'untie', or exclude the embedding (embedding=None)")
+
+
+def _shares(items: list[dict], config: MPOConfig, method: str, report: CompressionReport) -> dict[str, int | None]:
+    """Parameters per matrix, from ``budget`` / ``allocation`` or the kinds' criteria.
+
+    None means lossless: ``budget=1``, or a kind without a truncation criterion (exact, as TT-SVD's default).
+    Any other share is a cap the method meets, so the shares sum to at most ``budget`` times the dense total.
+    """
+    import time
+
+    dense = {it["name"]: it["W"].numel() for it in items}
+    if config.budget is None:
+        out = {}
+        for it in items:
+            layer = it["layer"]
+            if layer.param_ratio is not None:
+                out[it["name"]] = max(1, int(layer.param_ratio * dense[it["name"]]))
+            else:
+                out[it["name"]] = layer.max_params  # None: exact
+        return out
+    if config.budget >= 1:
+        return {k: None for k in dense}
+    if config.allocation == "uniform" or method in _FIXED_PATTERN:
+        return {k: int(config.budget * n) for k, n in dense.items()}
+    from .aware.allocation import allocate_budget, error_curve
+
+    t0 = time.perf_counter()
+    curves = {it["name"]: error_curve(method, it["W"], n_cores=it["layer"].n_cores, **it["objective"]) for it in items}
+    shares = allocate_budget(curves, int(config.budget * sum(dense.values())))
+    report.seconds["allocation"] = time.perf_counter() - t0
+    return {k: int(shares[k]) for k in dense}
+
+
+def _lossless_params(method: str, shape: tuple[int, int], n_cores: int) -> int:
+    """A parameter count at which ``method`` is exact for a full-rank ``(out, in)`` matrix."""
+    from .shapes import choose_modes, full_bond_dims, mpo_num_params
+
+    out, inn = shape
+    if method in ("svd", "svd-whitened"):
+        return min(out, inn) * (out + inn)
+    if method in ("mpo", "mpo-aware"):
+        om, im = choose_modes(out, inn, n_cores)
+        return max(out * inn, mpo_num_params(om, im, full_bond_dims(om, im)))
+    return out * inn
+
+
+def _approximate(method: str, item: dict, share: int | None, config: MPOConfig):
+    """:func:`mpokit.aware.approximate` of one matrix at ``share`` parameters (None: lossless)."""
+    from .aware import approximate
+
+    W, layer = item["W"], item["layer"]
+    options = {}
+    if method == "mpo-aware":
+        options["max_sweeps"] = config.max_sweeps
+        if not config.layout_search:
+            from .aware.layouts import Layout
+            from .shapes import choose_modes
+
+            options["layouts"] = [Layout(f"interleaved-{layer.n_cores}", *choose_modes(*W.shape, layer.n_cores))]
+    if share is None:
+        if method in ("mpo", "mpo-aware"):  # exact TT-SVD: every layout is exact, the default one is kept
+            approx = approximate("mpo", W, max_params=_lossless_params("mpo", tuple(W.shape), layer.n_cores),
+                                 n_cores=layer.n_cores, **item["objective"])
+            approx.detail = {**approx.detail, "lossless": True}
+            return approx
+        share = _lossless_params(method, tuple(W.shape), layer.n_cores)
+    return approximate(method, W, max_params=share, n_cores=layer.n_cores, **item["objective"], **options)
+
+
+def _compress_aware(model: nn.Module, targets: list[Target], config: MPOConfig, method: str, stats, out_emb,
+                    report: CompressionReport, progress: bool) -> None:
+    """Approximate every target's matrix with ``method`` at its share of the budget, and install the result."""
+    from tqdm.auto import tqdm
+
+    items = []
+    for t in targets:
+        conv = CONVERTERS[t.converter]
+        ((_, W),) = conv.dense_matrices(t.module)
+        objective = stats.objective(t.name) if stats is not None else {}
+        items.append({"name": t.name, "target": t, "conv": conv, "W": W.detach(), "layer": config.layer_config(t.kind),
+                      "objective": objective})
+    shares = _shares(items, config, method, report)
+    for it in tqdm(items, desc=f"compress ({method})", disable=not progress, leave=False):
+        approx = _approximate(method, it, shares[it["name"]], config)
+        _install(model, it, approx, config, out_emb, report)
+
+
+@torch.no_grad()
+def _install(model: nn.Module, item: dict, approx, config: MPOConfig, out_emb, report: CompressionReport) -> None:
+    """Put ``approx`` (an :class:`mpokit.aware.methods.Approximation`) in place of the target and add its row."""
+    from .converters import convert_from_mpo
+
+    target, conv, W = item["target"], item["conv"], item["W"]
+    name = target.name
+    head = _tied_head(target, out_emb)
+    head_name = _name_of(model, head)
+    if head is not None:
+        _untie_or_refuse(model, target, config, head, report)
+    norm = float(torch.linalg.vector_norm(W.double()))
+    row = ModuleReport(
+        name=name, kind=target.kind, source_type=conv.name, shape=tuple(W.shape), out_modes=(), in_modes=(),
+        bond_dims=(), params_before=W.numel(), params_after=int(approx.params),
+        rel_error_bound=float(approx.rel_weight_error), reason=target.reason, method=approx.method,
+        rel_output_error=float(approx.rel_output_error) if item["objective"] else None,
+        rel_weight_error=float(approx.rel_weight_error),
+        detail=_jsonable({k: v for k, v in approx.detail.items() if k not in ("fit", "trials")}),
+    )
+    row.method = report.method  # a lossless share is an exact TT-SVD whatever the method
+    row.trials = [_jsonable(t) for t in approx.detail.get("trials", [])]
+    if approx.mpo is not None:
+        done = convert_from_mpo(target.module, conv, approx.mpo)
+        if not done.parametrized:
+            _set_submodule(model, name, done.module)
+        ((_, m),) = done.matrices
+        row.out_modes, row.in_modes, row.bond_dims = m.out_modes, m.in_modes, m.bond_dims
+        row.params_after, row.parametrized = m.num_mpo_params, done.parametrized
+        row.layout = approx.layout.name if approx.layout is not None else _layout_name(m.out_modes, m.in_modes, W.shape)
+        if head is not None and config.tied_embeddings == "tie":
+            _set_submodule(model, head_name, MPOTiedLinear(done.cores_holder, getattr(head, "bias", None)))
+            report.tied.append(f"{head_name} shares the MPO cores of {name}")
+    else:
+        _apply_mask(target.module, approx.mask, conv)
+        row.layout = "mask"
+        if head is not None and config.tied_embeddings == "tie":
+            _apply_mask(head, approx.mask, conv)  # the head's weight is the same Parameter: one mask for both
+            report.tied.append(f"{head_name} shares the pruned weight of {name} (same mask)")
+    report.modules.append(row)
+
+
+def _apply_mask(module: nn.Module, mask: torch.Tensor, conv) -> None:
+    """``torch.nn.utils.prune``: ``weight = weight_orig * weight_mask`` before every forward (see
+    :mod:`mpokit.baselines.pruning`); ``mask (rows, cols)`` is laid out as the module stores its weight."""
+    from torch.nn.utils import prune
+
+    weight = module.weight
+    mask = mask.t() if conv.weight_transposed and tuple(mask.shape) != tuple(weight.shape) else mask
+    if prune.is_pruned(module) and hasattr(module, "weight_mask"):
+        mask = mask.to(module.weight_mask.device).bool() & module.weight_mask.bool()
+        prune.remove(module, "weight")
+    prune.custom_from_mask(module, "weight", mask.to(device=weight.device, dtype=weight.dtype))
+
+
+def _jsonable(value):
+    """``value`` as JSON data: dataclasses as dicts, tensors as lists, tuples as lists; other objects as strings."""
+    import dataclasses
+
+    if isinstance(value, MPO):
+        return {"out_modes": list(value.out_modes), "in_modes": list(value.in_modes), "bond_dims": list(value.bond_dims)}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return value.tolist() if value.numel() <= 64 else f"tensor{tuple(value.shape)}"
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, numbers.Number):
+        return float(value)
+    return str(value)
 
 
 # ---------------------------------------------------------------------------

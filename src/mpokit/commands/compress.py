@@ -8,6 +8,15 @@ With ``--data`` (or ``--task``) the checkpoint holds that task's head (classes f
 ``mpokit finetune --model OUT --data ...``. Writes the checkpoint (safetensors + JSON, with the tokenizer)
 and ``compression_report.json`` / ``.md`` (per matrix: shape, modes, bonds, parameters, error bound, and why
 it was taken) into ``--out``. The logic lives in :func:`mpokit.compress`.
+
+Data-aware: ``--calibration-data F`` (any format ``--data`` takes; ``--calibration-samples N`` sequences: lm
+blocks of ``--block-size`` tokens, or texts cut at ``--max-length``) measures every target's inputs; each
+matrix is then approximated by ``--method`` (default ``mpo-aware``; also ``mpo``, ``svd``, ``svd-whitened``,
+``magnitude``, ``2:4``, ``wanda``) and ``--budget F`` is one global budget over the targeted matrices, split
+by ``--allocation`` (default ``global``: where the output error falls most per parameter). The report adds,
+per matrix, the method, the layout, the relative output error under the calibration data and the weight
+error, and the timings of loading, calibration and fitting. Pruning methods save the pruned weights (their
+zeros) in a dense checkpoint.
 """
 
 from __future__ import annotations
@@ -24,7 +33,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the checkpoint and the report")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--budget", type=float, default=None, metavar="F",
-                        help="keep this fraction of each targeted matrix's dense parameters, in (0, 1], e.g. 0.5")
+                        help="keep this fraction of the dense parameters, in (0, 1], e.g. 0.5: of each targeted matrix "
+                             "(TT-SVD without calibration data), or of all of them together, split by --allocation "
+                             "(with --calibration-data or another --method)")
     budget.add_argument("--max-bond", type=int, default=None, metavar="D", help="cap every bond dimension")
     budget.add_argument("--rel-error", type=float, default=None, metavar="E",
                         help="relative Frobenius error bound per matrix, in [0, 1)")
@@ -39,6 +50,25 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="which cores train afterwards (default auxiliary: MPOP's lightweight fine-tuning)")
     p.add_argument("--seed", type=int, default=0, help="seed of a new task head")
     add_data_options(p, default_data=None)
+    g = p.add_argument_group("data-aware compression")
+    g.add_argument("--calibration-data", default=None, metavar="F",
+                   help="data whose layer inputs the approximations are fitted to (any format --data takes: CSV, TSV, "
+                        "JSON Lines, Parquet, text, a built-in name); lm data needs a causal LM; uses --max-length, "
+                        "--block-size, --text-column, --label-column and --split-seed")
+    g.add_argument("--calibration-samples", type=_positive, default=128, metavar="N",
+                   help="calibration sequences drawn from --calibration-data: lm blocks of --block-size tokens, or texts "
+                        "(default 128)")
+    g.add_argument("--method", choices=_methods(), default=None,
+                   help="how each matrix is approximated: mpo (TT-SVD), mpo-aware (fitted to the output error, layout "
+                        "searched), svd, svd-whitened (SVD-LLM), magnitude, 2:4, wanda (pruning); default: mpo-aware "
+                        "with --calibration-data, else mpo")
+    g.add_argument("--allocation", choices=("global", "uniform"), default=None,
+                   help="how --budget is split over the matrices: global (by output error per parameter; the default "
+                        "with --calibration-data) or uniform (the same fraction of each)")
+    g.add_argument("--max-sweeps", type=_positive, default=8, metavar="N",
+                   help="ALS sweeps of mpo-aware per layout (default 8)")
+    g.add_argument("--no-layout-search", action="store_true",
+                   help="mpo-aware: fit the --n-cores interleaved layout only instead of trying every candidate layout")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a checkpoint of another model in --out (its model and tokenizer files are removed)")
     add_run_options(p)
@@ -53,7 +83,6 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..atomic import atomic_write_text, check_output_dir
-    from ..config import MPOConfig, MPOLayerConfig
     from ..inputs import DataSpec, read_data
     from ..loading import identify_source, load_model
     from ..recipes.models import resolve_model_source
@@ -63,12 +92,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--model is required: a transformers folder, an mpokit checkpoint's dense source, a .gguf "
                          "file or a recipe name; e.g. --model SmolLM2-135M-Instruct")
     out = check_output_dir(args.out)
-    layer = MPOLayerConfig(param_ratio=args.budget, max_bond=args.max_bond, rel_error=args.rel_error,
-                           n_cores=args.n_cores)
-    targets = args.targets[0] if args.targets == ["all-linear"] else args.targets
-    config = MPOConfig(target_modules=targets, target_regex=args.target_regex, exclude_modules=args.exclude,
-                       embedding=None if args.no_embedding else MPOLayerConfig(n_cores=args.n_cores, **_embedding_budget(args)),
-                       attention=layer, ffn=layer, other=layer, trainable=args.trainable)
+    config = _config(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     source = resolve_model_source(args.model, default=None)
@@ -79,25 +103,114 @@ def run(args: argparse.Namespace) -> int:
     if args.data is not None:
         data, task_obj = read_data(DataSpec(**data_settings(args)))
         task, kwargs = task_obj.name, task_obj.model_kwargs(data)
+    calibration = None
+    if args.calibration_data is not None:  # read and checked before the model is loaded
+        from ..calibration import prepare_calibration
+
+        calibration = prepare_calibration(
+            args.calibration_data, samples=args.calibration_samples, max_length=args.max_length,
+            block_size=args.block_size, text_column=args.text_column, text_pair_column=args.text_pair_column,
+            label_column=args.label_column, seed=args.split_seed)
+    t0 = time.perf_counter()
     loaded = load_model(source, task=task or _natural_task(source), seed=args.seed, **kwargs)
+    seconds = {"load": time.perf_counter() - t0}
     if loaded.info.get("mpo"):
         raise ValueError(f"{args.model} already holds MPO layers; compress its dense source model instead")
     from ..io import check_save_target, save_pretrained
 
+    stats, calibration_info = None, None
+    if calibration is not None:
+        from ..calibration import collect_calibration
+        from ..surgery import resolve_targets
+
+        t0 = time.perf_counter()
+        batches, calibration_info = calibration.batches(loaded.model, loaded.tokenizer)
+        seconds["calibration_data"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        stats = collect_calibration(loaded.model, batches, [t.name for t in resolve_targets(loaded.model, config)],
+                                    progress=not args.no_progress)
+        seconds["calibration"] = time.perf_counter() - t0
     check_save_target(loaded.model, out, overwrite=args.overwrite)  # before the decomposition, not after
     t0 = time.perf_counter()
-    model, report = compress(loaded.model, config, return_report=True)
-    seconds = time.perf_counter() - t0
+    model, report = compress(loaded.model, config, calibration=stats, return_report=True, progress=not args.no_progress)
+    seconds["compress"] = time.perf_counter() - t0
+    seconds.update({f"compress_{k}": v for k, v in report.seconds.items() if k != "calibration"})
+    pruned = _fold_masks(model)
     save_pretrained(model, out, tokenizer=loaded.tokenizer, overwrite=args.overwrite)
-    summary = {"model": str(source), "task": loaded.info.get("task"), "compress_seconds": seconds,
-               "config": config.to_dict(), **report.to_dict()}
+    summary = {"model": str(source), "task": loaded.info.get("task"), "compress_seconds": seconds["compress"],
+               "calibration_data": calibration_info, "pruned_modules": pruned, "config": config.to_dict(),
+               **report.to_dict(), "seconds": seconds}  # the command's phases (the report's are inside compress_*)
     atomic_write_text(out / "compression_report.json", json.dumps(summary, indent=2, default=str))
     atomic_write_text(out / "compression_report.md", f"# mpokit compress: `{source}`\n\n```\n{report.table()}\n```\n")
     if not args.no_progress:
         print(report.table())
-    print(f"compressed {len(report.modules)} matrices in {seconds:.1f}s: model {report.model_params_before:,} -> "
-          f"{report.model_params_after:,} parameters; checkpoint: {out} (mpokit finetune --model {out} ...)")
+    timing = ", ".join(f"{k} {v:.1f}s" for k, v in seconds.items())
+    print(f"compressed {len(report.modules)} matrices in {seconds['compress']:.1f}s ({timing}): model "
+          f"{report.model_params_before:,} -> {report.model_params_after:,} parameters; checkpoint: {out} "
+          f"(mpokit finetune --model {out} ...)")
+    if pruned:
+        print(f"{len(pruned)} pruned matrices are saved with their zeros in dense weights; the masks are not part of "
+              "the checkpoint, so fine-tuning it does not keep the zeros")
     return 0
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text!r}; e.g. 128") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {value}; e.g. 128")
+    return value
+
+
+def _methods() -> list[str]:
+    from ..config import method_names
+
+    return method_names()
+
+
+def _config(args):
+    """The :class:`MPOConfig` of the options, every combination checked before any data or model is read."""
+    from ..config import MPOConfig, MPOLayerConfig
+
+    calibrated = args.calibration_data is not None
+    method = args.method or ("mpo-aware" if calibrated else "mpo")
+    global_budget = args.budget is not None and (calibrated or method != "mpo")
+    if method in ("mpo-aware", "svd-whitened", "wanda") and not calibrated:
+        raise ValueError(f"--method {method} fits the layers' inputs: give --calibration-data F (e.g. the training "
+                         "data), or choose a method without data: --method mpo, svd, magnitude or 2:4")
+    if method != "mpo" and (args.max_bond is not None or args.rel_error is not None):
+        flag = "--max-bond" if args.max_bond is not None else "--rel-error"
+        raise ValueError(f"{flag} truncates TT-SVD bonds, but --method {method} takes a parameter budget: use --budget F "
+                         "(e.g. --budget 0.5), or --method mpo")
+    if args.allocation is not None and not global_budget:
+        raise ValueError(f"--allocation {args.allocation} splits a global --budget, which needs --budget F with "
+                         "--calibration-data or a --method other than mpo; e.g. --calibration-data train.csv --budget 0.5")
+    if method != "mpo" or global_budget:
+        layer = MPOLayerConfig(n_cores=args.n_cores)
+        embedding = None if args.no_embedding else MPOLayerConfig(n_cores=args.n_cores)
+        extra = dict(method=method, budget=args.budget, allocation=args.allocation or ("global" if calibrated else "uniform"),
+                     max_sweeps=args.max_sweeps, layout_search=not args.no_layout_search)
+    else:  # TT-SVD with a truncation per matrix (measured under the calibration data when there is some)
+        layer = MPOLayerConfig(param_ratio=args.budget, max_bond=args.max_bond, rel_error=args.rel_error,
+                               n_cores=args.n_cores)
+        embedding = None if args.no_embedding else MPOLayerConfig(n_cores=args.n_cores, **_embedding_budget(args))
+        extra = {"method": "mpo"} if calibrated else {}
+    targets = args.targets[0] if args.targets == ["all-linear"] else args.targets
+    return MPOConfig(target_modules=targets, target_regex=args.target_regex, exclude_modules=args.exclude,
+                     embedding=embedding, attention=layer, ffn=layer, other=layer, trainable=args.trainable, **extra)
+
+
+def _fold_masks(model) -> list[str]:
+    """Fold every pruning mask into a plain weight (the zeros stay) so the checkpoint loads as a dense model."""
+    from torch.nn.utils import prune
+
+    names = [n for n, m in model.named_modules() if prune.is_pruned(m) and hasattr(m, "weight_mask")]
+    from ..baselines.pruning import make_pruning_permanent_
+
+    make_pruning_permanent_(model)
+    return names
 
 
 def _embedding_budget(args) -> dict:

@@ -16,7 +16,7 @@ from ..training import build_optimizer, default_loss
 from .checkpoint import load_state, restore_model, save_state
 from .log import plot_squeeze_log, write_log
 from .modules import find_mpo_modules, resolve_budget, set_lfa_trainable, spectra_of
-from .selection import Cut, check_score, check_step_size, select_cuts
+from .selection import Cut, OutputMetric, check_score, check_step_size, select_cuts
 from .training import check_training_settings, evaluate, resolve_task, run_steps
 
 __all__ = ["SqueezeResult", "squeeze"]
@@ -84,6 +84,7 @@ def squeeze(
     on_step: Callable[[nn.Module, dict, torch.optim.Optimizer | None], None] | None = None,
     progress: bool = False,
     identity: Mapping | None = None,
+    calibration=None,
 ) -> SqueezeResult:
     """Dimension squeezing (MPOP Algorithm 2) of every MPO layer of ``model``, in place.
 
@@ -117,6 +118,10 @@ def squeeze(
         on_step: called after every step as ``on_step(model, row, optimizer)``.
         identity: JSON fields that name what is squeezed (e.g. the source model's path and hash and the
             data); saved in the checkpoint, and a checkpoint saved under another identity is refused.
+        calibration: a :class:`mpokit.calibration.CalibrationStats` covering every squeezed matrix (by the
+            name of the module it belongs to): cuts are then ranked by their output error on that data,
+            ``tr((W - W') C (W - W')^T)`` with ``W`` the matrix as it is at that step, instead of the
+            Frobenius bound (:class:`~mpokit.squeezing.selection.OutputMetric`).
 
     Rows (the log) hold the step, the cuts, the parameters, the bounds, the training loss, the held-out
     ``loss``, the ``monitored`` value and every held-out metric under ``metrics``, and ``accepted``.
@@ -126,6 +131,7 @@ def squeeze(
     check_score(score)
     _check_inputs(train_batches, eval_batches, eval_fn, matrices_per_step)
     modules = find_mpo_modules(model, targets)
+    objectives = _objectives(modules, calibration) if calibration is not None else None
     if delta is None and target_params is None and target_ratio is None and max_steps == 0:
         raise ValueError("nothing would stop the squeeze sensibly: give delta, a budget or max_steps > 0")
     has_budget = target_params is not None or target_ratio is not None
@@ -140,6 +146,8 @@ def squeeze(
         "lr": lr, "mpo_lr": mpo_lr, "weight_decay": weight_decay, "seed": seed, "targets": sorted(modules),
         "task": None if task is None else task_obj.name, "identity": _json_ready(identity),
     }
+    if objectives is not None:  # only then: checkpoints of Frobenius-ranked runs keep their settings
+        settings["ranking"] = "output error"
 
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
     run = _resume(ckpt, settings, model, modules) if ckpt is not None else None
@@ -164,7 +172,9 @@ def squeeze(
             run.stop_reason = "max_steps"
             break
         regauged: dict = {}
-        cuts = select_cuts(spectra_of(modules, regauged), step_size, matrices_per_step, score)
+        spectra = spectra_of(modules, regauged)
+        metrics = None if objectives is None else {n: _output_metric(regauged[n], objectives[n]) for n in modules}
+        cuts = select_cuts(spectra, step_size, matrices_per_step, score, metrics)
         if not cuts:
             run.stop_reason = "exhausted"
             break
@@ -221,6 +231,41 @@ def _check_inputs(train_batches, eval_batches, eval_fn, matrices_per_step) -> No
         )
     if isinstance(matrices_per_step, bool) or not isinstance(matrices_per_step, int) or matrices_per_step < 1:
         raise ValueError(f"matrices_per_step must be an int >= 1, got {matrices_per_step!r}; e.g. matrices_per_step=1")
+
+
+def _host_name(name: str) -> str:
+    """The module an MPO belongs to: a parametrized weight lives at ``<host>.parametrizations.weight.0``."""
+    marker = ".parametrizations."
+    return name.split(marker)[0] if marker in name else name
+
+
+def _objectives(modules: Mapping[str, MPOModule], calibration) -> dict[str, dict]:
+    """``{matrix: {"C": ...} or {"row_weights": ...}}`` from the calibration statistics, every matrix covered."""
+    from ..calibration import CalibrationStats
+
+    if not isinstance(calibration, CalibrationStats):
+        raise TypeError(f"calibration must be a CalibrationStats (mpokit.calibration.collect_calibration(model, batches, "
+                        f"targets)), got {type(calibration).__name__}")
+    missing = [n for n in modules if _host_name(n) not in calibration]
+    if missing:
+        raise ValueError(f"the calibration statistics have nothing for the MPO matrices {missing[:3]}"
+                         f"{'...' if len(missing) > 3 else ''}; collect them for these modules, e.g. "
+                         f"collect_calibration(model, batches, targets={[_host_name(n) for n in missing[:2]]}), or "
+                         "restrict the squeeze with targets=[...]")
+    return {n: calibration.objective(_host_name(n)) for n in modules}
+
+
+def _output_metric(mpo, objective: dict) -> OutputMetric:
+    """The output error of truncating ``mpo`` (re-gauged, the matrix as it is now) to given bonds."""
+    from ..aware.objective import output_error
+
+    W = mpo.to_matrix().double()
+    norm = math.sqrt(max(output_error(W, torch.zeros_like(W), **objective), 0.0))
+
+    def error(dims: tuple[int, ...]) -> float:
+        return output_error(W, mpo.truncate(max_bond=list(dims)).to_matrix().double(), **objective)
+
+    return OutputMetric(error, norm)
 
 
 def _json_ready(identity: Mapping | None) -> dict | None:

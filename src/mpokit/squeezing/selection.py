@@ -4,20 +4,25 @@ The bound of a cut comes from the precomputed singular values ``lambda_k`` of ea
 bond k (MPOP Eq. 3-4, squared form): keeping ``d'_k`` values at every bond gives
 ``||W - W'||_F <= sqrt(sum_k eps_k^2)``, ``eps_k^2 = sum_{i > d'_k} lambda_{k,i}^2``.
 Right after re-gauging nothing is discarded yet, so that is the increase.
+
+Data-aware ranking: given an :class:`OutputMetric` per matrix (the squared output error
+``tr((W - W') C (W - W')^T)`` of a truncation to given bonds, under calibration statistics, and the
+reference ``sqrt(tr(W C W^T))``), a cut's ``bound`` is its output error instead of the Frobenius
+bound, and every score ranks by it (:func:`propose_cut`, :func:`select_cuts`).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 
 from .. import shapes
 
-__all__ = ["SCORES", "MatrixSpectrum", "Cut", "central_bonds", "propose_cut", "cut_score", "select_cuts",
-           "allocate_direct", "check_step_size", "check_score"]
+__all__ = ["SCORES", "MatrixSpectrum", "OutputMetric", "Cut", "central_bonds", "propose_cut", "cut_score",
+           "select_cuts", "allocate_direct", "check_step_size", "check_score"]
 
 SCORES = ("bound", "relative", "per_param")
 """How cuts are ranked:
@@ -50,12 +55,25 @@ class MatrixSpectrum:
 
 
 @dataclass(frozen=True)
+class OutputMetric:
+    """The data-aware error of truncating one matrix (as it is now, right after a re-gauge).
+
+    ``error(new_dims)`` is the squared output error ``tr((W - W') C (W - W')^T)`` of the matrix truncated to
+    the bonds ``new_dims`` (0 at its current bonds); ``norm`` is ``sqrt(tr(W C W^T))`` (for ``"relative"``).
+    """
+
+    error: Callable[[tuple[int, ...]], float]
+    norm: float
+
+
+@dataclass(frozen=True)
 class Cut:
     """One proposed cut of one matrix: ``old_dims -> new_dims``.
 
     ``bound`` is the increase of the matrix's Frobenius error bound,
     ``sqrt(E(new)) - sqrt(E(old))`` with ``E(d) = sum_k sum_{i >= d_k} lambda_{k,i}^2``
-    (``E(old) = 0`` right after a re-gauge). ``score`` ranks cuts (lower is better).
+    (``E(old) = 0`` right after a re-gauge), or with an :class:`OutputMetric` the output error
+    ``sqrt(metric.error(new))``. ``score`` ranks cuts (lower is better).
     """
 
     name: str
@@ -108,11 +126,13 @@ def check_score(score) -> None:
         raise ValueError(f"score must be one of {SCORES}, got {score!r}; e.g. score='bound'")
 
 
-def propose_cut(spectrum: MatrixSpectrum, step_size: int | float = 1, score: str = "bound") -> Cut | None:
+def propose_cut(spectrum: MatrixSpectrum, step_size: int | float = 1, score: str = "bound",
+                metric: OutputMetric | None = None) -> Cut | None:
     """The next cut of one matrix: its central core's bonds ``d -> max(1, d - step)``.
 
     Other bonds are lowered only as far as :func:`shapes.consistent_bond_dims` needs.
-    Returns None when no central bond can shrink.
+    Returns None when no central bond can shrink. With ``metric`` the cut is measured by its output
+    error (the spectrum must be the current one: nothing discarded yet).
     """
     check_step_size(step_size)
     check_score(score)
@@ -129,12 +149,16 @@ def propose_cut(spectrum: MatrixSpectrum, step_size: int | float = 1, score: str
     new = tuple(min(a, b) for a, b in zip(new, dims))
     if new == dims:
         return None
-    e_old = _tail_energy(spectrum.singular_values, dims)
-    e_new = _tail_energy(spectrum.singular_values, new)
+    if metric is None:
+        e_old = _tail_energy(spectrum.singular_values, dims)
+        e_new = _tail_energy(spectrum.singular_values, new)
+        norm = spectrum.norm
+    else:
+        e_old, e_new, norm = 0.0, max(float(metric.error(new)), 0.0), metric.norm
     bound = math.sqrt(e_new) - math.sqrt(e_old)
     before = shapes.mpo_num_params(spectrum.out_modes, spectrum.in_modes, dims)
     after = shapes.mpo_num_params(spectrum.out_modes, spectrum.in_modes, new)
-    return Cut(spectrum.name, tuple(cut), dims, new, bound, before, after, cut_score(score, bound, e_new - e_old, before - after, spectrum.norm))
+    return Cut(spectrum.name, tuple(cut), dims, new, bound, before, after, cut_score(score, bound, e_new - e_old, before - after, norm))
 
 
 def cut_score(score: str, bound: float, energy_increase: float, params_removed: int, norm: float) -> float:
@@ -147,12 +171,21 @@ def cut_score(score: str, bound: float, energy_increase: float, params_removed: 
 
 
 def select_cuts(
-    spectra: Sequence[MatrixSpectrum], step_size: int | float = 1, count: int = 1, score: str = "bound"
+    spectra: Sequence[MatrixSpectrum], step_size: int | float = 1, count: int = 1, score: str = "bound",
+    metrics: Mapping[str, OutputMetric] | None = None,
 ) -> list[Cut]:
-    """The ``count`` cheapest cuts, one per matrix, sorted by ``(score, name)``."""
+    """The ``count`` cheapest cuts, one per matrix, sorted by ``(score, name)``.
+
+    ``metrics`` (name -> :class:`OutputMetric`, one for every spectrum) ranks by output error instead.
+    """
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ValueError(f"count (matrices cut per step) must be an int >= 1, got {count!r}; e.g. count=1")
-    cuts = [c for c in (propose_cut(s, step_size, score) for s in spectra) if c is not None]
+    if metrics is not None:
+        missing = [s.name for s in spectra if s.name not in metrics]
+        if missing:
+            raise ValueError(f"data-aware ranking needs an OutputMetric for every matrix; none for {missing[:3]}")
+    cuts = [c for c in (propose_cut(s, step_size, score, None if metrics is None else metrics[s.name])
+                        for s in spectra) if c is not None]
     cuts.sort(key=lambda c: (c.score, c.name))
     return cuts[:count]
 
