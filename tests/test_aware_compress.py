@@ -229,6 +229,46 @@ def test_checkpoint_with_searched_layouts_round_trips(stats, tmp_path):
     torch.testing.assert_close(logits(loaded, tiny_inputs()), before, rtol=0, atol=1e-12)
 
 
+def test_conv1d_tied_heads_and_parametrized_modules_take_the_aware_mpo(tmp_path):
+    from _extra_models import CustomForwardNet
+    from mpokit.io import from_pretrained, save_pretrained
+
+    dense = tiny_model("gpt2", dtype=torch.float64)  # Conv1D stores weight^T; a head tied to wte
+    stats = collect_calibration(dense, CAL, _names(dense))
+    model, report = compress(tiny_model("gpt2", dtype=torch.float64),
+                             MPOConfig(method="svd-whitened", budget=0.5, allocation="uniform"), calibration=stats,
+                             return_report=True)
+    assert {r.source_type for r in report.modules} == {"Conv1D", "Embedding"}
+    assert any("lm_head shares the MPO cores of transformer.wte" in t for t in report.tied)
+    for row in report.modules:
+        module = dense.get_submodule(row.name)
+        W = module.weight.detach().t() if row.source_type == "Conv1D" else module.weight.detach()
+        expected = approximate("svd-whitened", W, max_params=int(0.5 * W.numel()), **stats.objective(row.name))
+        torch.testing.assert_close(_matrix(model.get_submodule(row.name)), expected.matrix, rtol=0, atol=1e-10)
+    torch.testing.assert_close(model.lm_head.weight, _matrix(model.transformer.wte), rtol=0, atol=0)
+    before = logits(model, tiny_inputs())
+    save_pretrained(model, tmp_path / "gpt2")
+    torch.testing.assert_close(logits(from_pretrained(tmp_path / "gpt2", dtype=torch.float64), tiny_inputs()), before,
+                               rtol=0, atol=1e-12)
+
+    torch.manual_seed(0)  # modules with their own forward keep it: an MPOWeight parametrizes their weight
+    net = CustomForwardNet().double().eval()
+    reference = CustomForwardNet().double().eval()
+    reference.load_state_dict(net.state_dict())
+    ids = [torch.randint(0, 40, (3, 6), generator=torch.Generator().manual_seed(s)) for s in (1, 2)]
+    config = MPOConfig(target_modules=["emb", "proj", "out"], method="svd-whitened", budget=0.5, allocation="uniform")
+    stats = collect_calibration(net, ids, ["emb", "proj", "out"])
+    net, report = compress(net, config, calibration=stats, return_report=True)
+    assert [r.parametrized for r in report.modules] == [True, True, False]
+    with torch.no_grad():
+        for row in report.modules:
+            module = reference.get_submodule(row.name)
+            expected = approximate("svd-whitened", module.weight.detach(), max_params=int(0.5 * module.weight.numel()),
+                                   **stats.objective(row.name))
+            module.weight.copy_(expected.matrix)
+        torch.testing.assert_close(net(ids[0]), reference(ids[0]), rtol=0, atol=1e-10)
+
+
 # ---------------------------------------------------------------------------
 # squeezing ranks its cuts by the output error when given calibration statistics
 # ---------------------------------------------------------------------------
