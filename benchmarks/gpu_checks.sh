@@ -10,6 +10,12 @@
 #   tests             tests/test_devices.py (layers vs dense on cuda) and the CUDA tests of test_mpo.py
 #   bench_layers_*    MPOLinear vs nn.Linear on cuda, fp32 and bf16 (peers skipped: not on the device)
 #   bench_lstm_cuda   MPOLSTM vs nn.LSTM (cuDNN) on cuda, automatic plan and fused
+#   inference_tests   issue 19: the inference policies and generation on cuda (tests/test_inference.py -k cuda)
+#   export_tests      issue 19: torch.export of an MPO model on cuda (tests/test_export.py -k cuda; its ONNX part
+#                     runs only where onnx, onnxscript and onnxruntime are installed, else it is skipped)
+#   bench_inference_cuda  issue 19: bench_inference.py --quick on cuda, MiniLM's architecture with random weights
+#                     (the device has no model packages): dense, MPO 50% under every policy, merged; the
+#                     checkpoints are written into runs/bench_inference_cache first (about a minute on the CPU)
 #
 # The `lstm` mode runs `mpokit lstm classify|lm` with --device cuda, each step resumable (--resume), so
 # a step cut off by $LIMIT keeps its finished runs in OUT_DIR/<step>/runs.csv. The device has no data
@@ -55,3 +61,7 @@ step bench_layers_fp32 $py benchmarks/bench_layers.py --device cuda --dtype fp32
 step bench_layers_bf16 $py benchmarks/bench_layers.py --device cuda --dtype bf16 --no-peers
 step bench_lstm_cuda $py benchmarks/bench_lstm.py --device cuda
 step bench_lstm_cuda_fused $py benchmarks/bench_lstm.py --device cuda --execution fused
+step inference_tests $py -m pytest -q -p no:cacheprovider tests/test_inference.py -k cuda
+step export_tests $py -m pytest -q -p no:cacheprovider tests/test_export.py -k cuda
+step bench_inference_cuda $py benchmarks/bench_inference.py --device cuda --random-weights --quick --models minilm \
+    --timeout 120 --out "$out/bench_inference"

@@ -7,18 +7,15 @@ parameters than its dense matrix. The references are the models themselves in Py
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 
 import pytest
 import torch
 
-pytest.importorskip("onnx")
-pytest.importorskip("onnxruntime")
-pytest.importorskip("onnxscript")
-
-import mpokit  # noqa: E402
-from mpokit import cli  # noqa: E402
-from mpokit.export import (  # noqa: E402
+import mpokit
+from mpokit import cli
+from mpokit.export import (
     ExportDependencyError,
     OnnxMismatchError,
     check_onnx,
@@ -27,13 +24,16 @@ from mpokit.export import (  # noqa: E402
     graph_modules,
     onnx_sizes,
 )
-from mpokit.layers import MPOEmbedding, MPOLinear  # noqa: E402
-from mpokit.layers.base import MPOModule  # noqa: E402
-from mpokit.surgery import MPOTiedLinear  # noqa: E402
+from mpokit.layers import MPOEmbedding, MPOLinear
+from mpokit.layers.base import MPOModule
+from mpokit.surgery import MPOTiedLinear
 
-from _plm_models import tiny_config, tiny_inputs  # noqa: E402
+from _plm_models import tiny_config, tiny_inputs
 
 RTOL = 1e-4
+HAS_ONNX = all(importlib.util.find_spec(p) is not None for p in ("onnx", "onnxscript", "onnxruntime"))
+needs_onnx = pytest.mark.skipif(not HAS_ONNX, reason="needs onnx, onnxscript and onnxruntime (the export extra)")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 def _compressed_bert():
@@ -89,6 +89,7 @@ def _initializers(path):
     return {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
 
 
+@needs_onnx
 @pytest.mark.parametrize("which", ["bert", "llama"])
 def test_onnxruntime_gives_the_models_outputs_at_the_example_and_other_shapes(which, bert, llama):
     model, path = {"bert": bert, "llama": llama}[which]
@@ -98,6 +99,7 @@ def test_onnxruntime_gives_the_models_outputs_at_the_example_and_other_shapes(wh
         assert diff <= RTOL, (batch, length, diff)
 
 
+@needs_onnx
 @pytest.mark.parametrize("which", ["bert", "llama"])
 def test_the_file_holds_the_cores_and_no_dense_compressed_matrix(which, bert, llama):
     model, path = {"bert": bert, "llama": llama}[which]
@@ -128,8 +130,8 @@ def test_the_file_holds_the_cores_and_no_dense_compressed_matrix(which, bert, ll
     assert "Einsum" in ops or "MatMul" in ops  # the core contractions are in the graph
 
 
-def test_export_program_has_dynamic_batch_and_sequence_and_restores_the_model(bert):
-    model, _ = bert
+def test_export_program_has_dynamic_batch_and_sequence_and_restores_the_model():
+    model = _compressed_bert()
     before = [(n, type(m)) for n, m in model.named_modules()]
     program = export_program(model, tiny_inputs(batch=2, length=9))
     assert [(n, type(m)) for n, m in model.named_modules()] == before  # the MPO layers are back
@@ -146,8 +148,39 @@ def test_export_program_has_dynamic_batch_and_sequence_and_restores_the_model(be
     assert all(id(t) in ids for t in program.state_dict.values())
 
 
-def test_graph_modules_restore_the_model_when_the_block_fails(llama):
-    model, _ = llama
+class _PaddedStack(torch.nn.Module):
+    """ids (B, T) -> (B, T, 7): an MPOEmbedding with padded rows and a padding_idx, then MPOLinears with padded
+    modes, one pinned to contraction and one to the rebuild."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        kw = dict(bond_dim=3, dtype=torch.float64)
+        self.emb = MPOEmbedding(50, 23, padding_idx=0, out_modes=(7, 8), in_modes=(4, 6), **kw)  # 56 x 24 padded
+        self.a = MPOLinear(23, 29, out_modes=(5, 6), in_modes=(4, 6), path="contract", **kw)  # 30 x 24 padded
+        self.b = MPOLinear(29, 7, out_modes=(2, 2, 2), in_modes=(2, 3, 5), path="rebuild", **kw)  # 8 x 30 padded
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.tanh(self.a(self.emb(ids))))
+
+
+def test_graph_modules_compute_the_layers_functions_with_padding_and_contraction():
+    torch.manual_seed(0)
+    model = _PaddedStack().eval()
+    program = export_program(model, torch.randint(0, 50, (3, 5)))
+    for shape in ((3, 5), (6, 2), (1, 9)):
+        ids = torch.randint(0, 50, shape)
+        ids[0, 0] = 0  # the padding id: a zero row
+        with torch.no_grad():
+            want = model(ids)
+        got = program.module()(ids)
+        assert torch.allclose(got, want, rtol=1e-12, atol=1e-12), (shape, (got - want).abs().max())
+    with graph_modules(model, {id(model.a): 15}):
+        assert model.a.plan.path == "contract" and model.b.plan.path == "rebuild"  # as pinned
+        assert type(model.emb).__name__ == "EmbeddingGraph"
+
+
+def test_graph_modules_restore_the_model_when_the_block_fails():
+    model = _compressed_tied_llama()
     before = [(n, type(m)) for n, m in model.named_modules()]
     with pytest.raises(RuntimeError, match="inside"):
         with graph_modules(model):
@@ -157,6 +190,7 @@ def test_graph_modules_restore_the_model_when_the_block_fails(llama):
     assert isinstance(model.lm_head, MPOTiedLinear) and model.lm_head.embedding is model.model.embed_tokens
 
 
+@needs_onnx
 def test_a_changed_model_fails_the_check(bert):
     model, path = bert
     core = model.bert.encoder.layer[0].output.dense.cores[0]
@@ -171,6 +205,7 @@ def test_a_changed_model_fails_the_check(bert):
     assert check_onnx(path, model, tiny_inputs(), rtol=RTOL) <= RTOL
 
 
+@needs_onnx
 def test_merged_export_is_dense_and_gives_the_same_outputs(tmp_path):
     model = _compressed_bert()
     path = export_onnx(model, tmp_path / "dense.onnx", tiny_inputs(batch=2, length=9), merged=True)
@@ -182,8 +217,8 @@ def test_merged_export_is_dense_and_gives_the_same_outputs(tmp_path):
     assert check_onnx(path, model, tiny_inputs(seed=7, batch=3, length=12), rtol=RTOL) <= RTOL
 
 
-def test_a_dynamic_export_needs_example_sizes_of_two(bert):
-    model, _ = bert
+def test_a_dynamic_export_needs_example_sizes_of_two():
+    model = _compressed_bert()
     with pytest.raises(ValueError, match="sizes >= 2"):
         export_program(model, tiny_inputs(batch=1, length=9))
     with pytest.raises(TypeError, match="example_inputs"):
@@ -203,6 +238,7 @@ def checkpoint(tmp_path_factory):
     return folder, model
 
 
+@needs_onnx
 def test_cli_exports_a_checkpoint_end_to_end(checkpoint, tmp_path, capsys):
     folder, model = checkpoint
     out = tmp_path / "sub" / "model.onnx"
@@ -225,6 +261,7 @@ def test_cli_help_lists_every_option(capsys):
         assert option in text, option
 
 
+@needs_onnx
 @pytest.mark.parametrize("argv, message", [
     (["--model", "{empty}", "--out", "{tmp}/m.onnx"], "no model found"),
     (["--model", "{tmp}/nowhere", "--out", "{tmp}/m.onnx"], "does not exist"),
@@ -261,3 +298,19 @@ def test_a_missing_export_package_is_named_with_the_pip_command(package, checkpo
     err = capsys.readouterr().err
     assert rc == 2 and package in err and "pip install" in err, err
     assert not (tmp_path / "m.onnx").exists()
+
+
+@needs_cuda
+def test_export_on_cuda_gives_the_models_outputs(tmp_path):
+    model = _compressed_bert().cuda()
+    example = {k: v.cuda() for k, v in tiny_inputs(batch=2, length=9).items()}
+    program = export_program(model, example)
+    other = {k: v.cuda() for k, v in tiny_inputs(seed=4, batch=4, length=11).items()}
+    with torch.no_grad():
+        want = model(**other).logits
+    got = program.module()(other["input_ids"], other["attention_mask"])
+    assert got.device.type == "cuda"
+    assert torch.allclose(got, want, rtol=1e-4, atol=1e-5), (got - want).abs().max()
+    if HAS_ONNX:  # the file written from a CUDA model runs in onnxruntime on the CPU
+        path = export_onnx(model, tmp_path / "cuda.onnx", example)
+        assert check_onnx(path, model, other, rtol=RTOL) <= RTOL

@@ -16,10 +16,11 @@ swapped for a *graph module* that computes the same function from the SAME core 
 (registered under the same names), and the model is restored afterwards, also on error. One
 graph module per MPO type (:data:`GRAPH_MODULES`, a registry):
 
-* ``MPOLinear`` -> :class:`LinearGraph`: ``y = x W^T + b`` by the plan of
-  :func:`mpokit.contract.plan_apply` for the token count the layer sees in the example (merged
-  cores taken as cached, so a token-independent merge costs nothing); one merged group is the
-  rebuild of ``W`` followed by one matmul; a layer with ``path="contract"`` never forms ``W``;
+* ``MPOLinear`` -> :class:`LinearGraph`: ``y = x W^T + b`` with ``W`` rebuilt from the cores in the
+  graph, then one matmul. A layer pinned to contraction (``path="contract"``, or the inference mode
+  ``"contract"`` of :func:`mpokit.inference.set_inference_mode`) never forms ``W``: it runs the
+  contraction plan of :func:`mpokit.contract.plan_apply` for the rows its input has in the example
+  (merged groups of cores, then a sweep);
 * ``MPOEmbedding`` -> :class:`EmbeddingGraph`: the rows of the ids gathered from the two merged
   halves of the cores (each row one ``(J_L, d) @ (d, J_R)`` product), never the whole table;
 * ``MPOWeight`` (a module kept with its own forward) -> :class:`WeightGraph`: ``W`` (or ``W^T``)
@@ -30,6 +31,12 @@ graph module per MPO type (:data:`GRAPH_MODULES`, a registry):
 Outputs. The exported graph returns one tensor: the model's output when it is a tensor, else its
 first tensor field (``logits`` for task models, ``last_hidden_state`` for encoders). A model whose
 forward takes ``use_cache`` is called with ``use_cache=False`` (no key/value cache in the graph).
+
+Runtime memory. The file holds the cores; what a runtime holds is its own choice. onnxruntime folds
+the token-independent part of the graph (each rebuilt ``W``, the embedding's merged halves) into
+constants when it loads the file (its default graph optimisations), so in its memory the model
+takes the dense matrices on top of the cores; a layer pinned to contraction keeps only its merged
+groups of cores there.
 
 ``onnx``, ``onnxscript`` (the exporter's dependency) and ``onnxruntime`` are optional
 (``pip install 'mpokit[export]'``) and imported only where they are used.
@@ -73,7 +80,13 @@ class OnnxMismatchError(ValueError):
 
 
 def require_export_dependencies(*, runtime: bool = True) -> None:
-    """Raise :class:`ExportDependencyError` naming the missing packages (``onnx``, ``onnxscript``, and
+    """Raise :class:`ExportDependencyError` naming the missing packages (Runtime memory. The file holds the cores; what a runtime holds is its own choice. onnxruntime folds
+the token-independent part of the graph (each rebuilt ``W``, the embedding's merged halves) into
+constants when it loads the file (its default graph optimisations), so in its memory the model
+takes the dense matrices on top of the cores; a layer pinned to contraction keeps only its merged
+groups of cores there.
+
+``onnx``, ``onnxscript``, and
     ``onnxruntime`` when ``runtime``) and the pip command, before any work."""
     missing = []
     for name in ("onnx", "onnxscript") + (("onnxruntime",) if runtime else ()):
@@ -112,9 +125,10 @@ class LinearGraph(nn.Module):
         self.bias = layer.bias
         self.in_features, self.out_features = layer.in_features, layer.out_features
         self.padded = layer.padded_shape  # (I, J)
-        self.plan = contract.plan_apply(layer.out_modes, layer.in_modes, layer.bond_dims, max(int(tokens), 1),
-                                        merged_cached=True, contract_only=layer.path == "contract")
-        if layer.path == "rebuild" and self.plan.path != "rebuild":
+        if layer.path == "contract" or getattr(layer, "inference_mode", None) == "contract":
+            self.plan = contract.plan_apply(layer.out_modes, layer.in_modes, layer.bond_dims, max(int(tokens), 1),
+                                            merged_cached=True, contract_only=True)
+        else:  # one group: rebuild W, one matmul
             self.plan = next(p for p in contract._all_plans(layer.out_modes, layer.in_modes, layer.bond_dims, 1)
                              if len(p.groups) == 1)
 
