@@ -45,6 +45,9 @@ __all__ = [
     "plan_apply",
     "merge_cores",
     "rebuild",
+    "rebuild_into",
+    "merge_halves",
+    "join_halves_into",
     "merge_groups",
     "sweep",
     "contraction_flops",
@@ -325,7 +328,9 @@ def merge_cores(cores: Sequence[torch.Tensor]) -> torch.Tensor:
 
     Follows the cheapest binary tree of :func:`_merge_tree`: each join is one matmul plus one
     permutation copy whose innermost contiguous run is the right part's ``J d_e`` (a flat
-    10-index permutation of the interleaved tensor is several times slower on CPU).
+    10-index permutation of the interleaved tensor is several times slower on CPU). Without a
+    graph to the cores the joins run a chunk at a time (:func:`_join_into`), so no temporary is
+    as large as their result.
     """
     if len(cores) == 1:
         return cores[0]
@@ -340,10 +345,36 @@ def _merge_by_tree(cores, tree) -> torch.Tensor:
     if isinstance(tree, int):
         return cores[tree]
     left, right = _merge_by_tree(cores, tree[0]), _merge_by_tree(cores, tree[1])
-    a, P, Q, _ = left.shape
+    a, P, Q, b = left.shape
     _, I, J, c = right.shape
-    # (a, P, Q, b) x (b, I, J, c) -> (a, P, I, Q, J, c), summing the bond b
-    return torch.einsum("apqb,bijc->apiqjc", left, right).reshape(a, P * I, Q * J, c)
+    if (torch.is_grad_enabled() and (left.requires_grad or right.requires_grad)) or torch.compiler.is_compiling():
+        # (a, P, Q, b) x (b, I, J, c) -> (a, P, I, Q, J, c), summing the bond b
+        return torch.einsum("apqb,bijc->apiqjc", left, right).reshape(a, P * I, Q * J, c)
+    out = torch.empty(a * P * I * Q * J * c, dtype=torch.promote_types(left.dtype, right.dtype), device=left.device)
+    _join_into(left.reshape(a * P, Q, b), right.reshape(b, I, J * c), out, 0, a * P)
+    return out.view(a, P * I, Q * J, c)
+
+
+JOIN_CHUNK_ELEMENTS = 1 << 18
+"""Largest temporary of a chunked join (1 MiB in float32; :func:`_join_into`)."""
+
+
+def _join_into(left: torch.Tensor, right: torch.Tensor, out: torch.Tensor, start: int, stop: int) -> None:
+    """Rows ``[start, stop)`` of ``left (R, Q, b)`` joined with ``right (b, I, K)`` into ``out`` ((stop - start), I, Q, K).
+
+    ``out[r - start, i, q, k] = sum_b left[r, q, b] right[b, i, k]``. Each chunk of rows is one matmul
+    ``(r Q, b) @ (b, I K)`` giving ``(r, Q, I, K)``, copied into ``out`` as ``(r, I, Q, K)``; a chunk has
+    at most :data:`JOIN_CHUNK_ELEMENTS` elements (or one row's).
+    """
+    _, Q, b = left.shape
+    _, I, K = right.shape
+    out4 = out.view(stop - start, I, Q, K)
+    r2 = right.reshape(b, I * K)
+    step = max(1, JOIN_CHUNK_ELEMENTS // max(Q * I * K, 1))
+    for r0 in range(start, stop, step):
+        r1 = min(stop, r0 + step)
+        block = (left[r0:r1].reshape(-1, b) @ r2).view(r1 - r0, Q, I, K)  # (r Q, b) @ (b, I K)
+        out4[r0 - start:r1 - start].copy_(block.transpose(1, 2))
 
 
 def rebuild(cores: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -353,6 +384,59 @@ def rebuild(cores: Sequence[torch.Tensor]) -> torch.Tensor:
     """
     full = merge_cores(cores)  # (1, I, J, 1)
     return full.reshape(full.shape[1], full.shape[2])
+
+
+def merge_halves(cores: Sequence[torch.Tensor], split: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two halves of a matrix's cores meeting at bond ``split`` (1..n-1).
+
+    Returns ``left (P, Q, b)`` (cores ``< split`` merged: ``P = i_1..i_split``, ``Q = j_1..j_split``,
+    ``b = d_split``) and ``right (b, I, J)`` (the others). Row ``p I + i``, column ``q J + j`` of ``W``
+    is ``left[p, q] @ right[:, i, j]``.
+    """
+    left = merge_cores(cores[:split])  # (1, P, Q, b)
+    right = merge_cores(cores[split:])  # (b, I, J, 1)
+    return left.reshape(left.shape[1:]), right.reshape(right.shape[:3])
+
+
+def join_halves_into(left: torch.Tensor, right: torch.Tensor, out: torch.Tensor, start: int = 0,
+                     stop: int | None = None) -> torch.Tensor:
+    """Rows ``[start I, stop I)`` of ``W`` from its halves (:func:`merge_halves`), written into ``out``.
+
+    ``left (P, Q, b)``, ``right (b, I, J)``; ``out`` is a contiguous tensor of ``(stop - start) I Q J``
+    elements, returned viewed as ``((stop - start) I, Q J)``. No temporary is larger than
+    :data:`JOIN_CHUNK_ELEMENTS` (or one prefix's rows). Without a graph (it writes in place).
+    """
+    P, Q, b = left.shape
+    _, I, J = right.shape
+    stop = P if stop is None else stop
+    if out.numel() != (stop - start) * I * Q * J or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous tensor of {(stop - start) * I * Q * J} elements, got "
+                         f"{tuple(out.shape)}; e.g. torch.empty({(stop - start) * I}, {Q * J})")
+    _join_into(left, right, out, start, stop)
+    return out.view((stop - start) * I, Q * J)
+
+
+def rebuild_into(cores: Sequence[torch.Tensor], out: torch.Tensor) -> torch.Tensor:
+    """The padded matrix ``W (I, J)`` written into ``out`` (contiguous, ``I J`` elements); returns it as ``(I, J)``.
+
+    Same values as :func:`rebuild`, without a graph: the two subtrees of the cheapest merge tree's root
+    are merged as :func:`rebuild` merges them and their join goes straight into ``out``, so apart from
+    ``out`` no temporary is as large as ``W``.
+    """
+    out_modes = tuple(int(c.shape[1]) for c in cores)
+    in_modes = tuple(int(c.shape[2]) for c in cores)
+    I, J = math.prod(out_modes), math.prod(in_modes)
+    if out.numel() != I * J or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous tensor of {I * J} elements, got {tuple(out.shape)}; "
+                         f"e.g. torch.empty({I}, {J})")
+    if len(cores) == 1:
+        return out.view(I, J).copy_(cores[0][0, :, :, 0])  # (1, I, J, 1)
+    dims = tuple([int(cores[0].shape[0])] + [int(c.shape[3]) for c in cores])
+    left_tree, right_tree, _ = _merge_tree(out_modes, in_modes, dims, 0, len(cores))[3]
+    with torch.no_grad():
+        left = _merge_by_tree(cores, left_tree)  # (1, P, Q, b)
+        right = _merge_by_tree(cores, right_tree)  # (b, I_R, J_R, 1)
+        return join_halves_into(left.reshape(left.shape[1:]), right.reshape(right.shape[:3]), out).view(I, J)
 
 
 def merge_groups(cores: Sequence[torch.Tensor], groups: Sequence[tuple[int, int]]) -> list[torch.Tensor]:

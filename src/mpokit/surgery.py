@@ -33,6 +33,7 @@ weight is transposed on the way in and back on the way out.
 
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import asdict, dataclass, field
 
@@ -40,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import contract
 from .calibration import stats_or_collect
 from .config import MPOConfig
 from .converters import CONVERTERS, convert, converted_modules, detach_weight
@@ -86,7 +88,25 @@ class MPOTiedLinear(nn.Module):
     own forward. It owns no cores: the embedding's cores are the only copy, so the
     tie survives training and truncation. The embedding is referenced, not
     registered as a submodule (it is registered where it lives in the model).
+
+    ``E`` is a matrix like an ``MPOLinear``'s ``W`` (out modes factor the
+    vocabulary, in modes ``dim``), so calls without a graph to the cores follow
+    the same inference modes (``inference_mode``, set by :func:`mpokit.set_inference_mode`):
+
+    * ``"cache"`` (default): ``E`` is rebuilt once and kept in the embedding's
+      cache (the embedding then indexes that same table), one matmul per call;
+    * ``"contract"``: ``x`` is contracted with the cores (:func:`mpokit.contract.plan_apply`,
+      contraction plans only), ``E`` is never formed;
+    * ``"stream"``: per call the cheaper of that contraction and a *blocked*
+      rebuild: ``E`` is rebuilt a block of vocabulary rows at a time into the
+      model's shared :class:`~mpokit.layers.base.Workspace` (as many rows as it
+      holds; a vocabulary matrix is usually the largest of a model, so the
+      workspace is not grown for it), each block followed by its matmul.
+
+    A table the embedding already keeps (its own ``"cache"`` mode) is used in any mode.
     """
+
+    SUPPORTED_MODES = ("cache", "stream", "contract")
 
     def __init__(self, embedding: nn.Module, bias: torch.Tensor | None = None) -> None:
         super().__init__()
@@ -94,16 +114,156 @@ class MPOTiedLinear(nn.Module):
         self.in_features = embedding.shape[1]
         self.out_features = embedding.shape[0]
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=bias.requires_grad)
+        self._inference_mode = "cache"
+        self.workspace = None
+        self._plans: dict[tuple, tuple] = {}
 
     @property
     def weight(self) -> torch.Tensor:
         return self.embedding.rebuild_weight()
 
+    # -- inference modes ------------------------------------------------------------
+
+    @property
+    def inference_mode(self) -> str:
+        return self._inference_mode
+
+    @inference_mode.setter
+    def inference_mode(self, mode: str) -> None:
+        if mode not in self.SUPPORTED_MODES:
+            raise ValueError(f"inference_mode of MPOTiedLinear must be one of {self.SUPPORTED_MODES}, got {mode!r}; "
+                             "e.g. head.inference_mode = 'contract'")
+        if mode != "cache" and self.embedding.inference_mode != "cache":
+            self.embedding.clear_cache()  # the table this head kept
+        self._inference_mode = mode
+        self._plans = {}
+
+    def _split_cost(self, split: int) -> float:
+        """Estimated cost of rebuilding ``E`` from its halves at bond ``split`` (merges, then the join)."""
+        emb = self.embedding
+        om, im, dims = emb.out_modes, emb.in_modes, contract._dims(emb.bond_dims)
+        n = len(om)
+        (lf, le), (rf, re_) = contract._merge_cost(om, im, dims, 0, split), contract._merge_cost(om, im, dims, split, n)
+        I, J = emb.padded_shape
+        return lf + rf + 2 * I * J * dims[split] + contract.ALPHA * (2 * (le + re_) + 3 * I * J)
+
+    def _block_rows(self, split: int) -> int:
+        """Elements of one prefix's rows of ``E`` at bond ``split``: ``i_{split+1}..i_n`` rows of padded width."""
+        emb = self.embedding
+        return math.prod(emb.out_modes[split:]) * emb.padded_shape[1]
+
+    def _choose_split(self, capacity: int) -> int:
+        """The cheapest bond whose one-prefix block fits ``capacity`` elements (else the smallest block)."""
+        n = self.embedding.n_cores
+        splits = list(range(1, n))
+        fitting = [m for m in splits if self._block_rows(m) <= capacity]
+        if not fitting:
+            return min(splits, key=lambda m: (self._block_rows(m), m))
+        return min(fitting, key=lambda m: (self._split_cost(m), m))
+
+    def _plan(self, tokens: int, mode: str) -> tuple[str, contract.ApplyPlan]:
+        """``("contract", plan)`` or ``("blocks", rebuild plan)`` for a call of ``tokens`` rows under ``mode``."""
+        emb = self.embedding
+        key = (tokens, emb.bond_dims, mode)
+        hit = self._plans.get(key)
+        if hit is not None:
+            return hit
+        args = (emb.out_modes, emb.in_modes, emb.bond_dims, tokens)
+        rebuild = next(p for p in contract._all_plans(*args) if len(p.groups) == 1)
+        if emb.n_cores == 1:
+            hit = ("blocks", rebuild)
+        else:
+            sweep = contract.plan_apply(*args, merged_cached=False, contract_only=True)
+            if mode == "stream" and rebuild.estimated_cost() < sweep.estimated_cost():
+                hit = ("blocks", rebuild)
+            else:
+                hit = ("contract", sweep)
+        self._plans[key] = hit
+        return hit
+
+    def inference_options(self, tokens: int) -> dict:
+        """Per inference mode, the estimated cost of a call of ``tokens`` rows and the memory it holds:
+        ``"cache"`` holds ``E`` (in the embedding's cache); ``"stream"`` needs one block of workspace."""
+        from .layers.base import InferenceOption
+
+        emb = self.embedding
+        args = (emb.out_modes, emb.in_modes, emb.bond_dims, int(tokens))
+        rebuild = next(p for p in contract._all_plans(*args) if len(p.groups) == 1)
+        out = {"cache": InferenceOption(rebuild.estimated_cost(merged_cached=True), emb.shape[0] * emb.shape[1], 0)}
+        for mode in ("stream", "contract"):
+            how, plan = self._plan(int(tokens), mode)
+            need = min(self._block_rows(m) for m in range(1, emb.n_cores)) if mode == "stream" and emb.n_cores > 1 else 0
+            out[mode] = InferenceOption(plan.estimated_cost(merged_cached=False), 0, need)
+        return out
+
+    # -- execution --------------------------------------------------------------------
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., dim) -> (..., num_embeddings)
-        return F.linear(x, self.embedding.rebuild_weight(), self.bias)
+        emb = self.embedding
+        if self._inference_mode == "cache" or emb.grad_needed() or torch.compiler.is_compiling():
+            return F.linear(x, emb.rebuild_weight(hold=self._inference_mode == "cache"), self.bias)
+        table = emb.held("weight")
+        if table is not None:  # the embedding keeps the table: the plain matmul is the cheapest
+            return F.linear(x, table, self.bias)
+        lead = x.shape[:-1]
+        tokens = math.prod(lead)
+        I, J = emb.padded_shape
+        x2 = x.reshape(tokens, self.in_features)
+        if J != self.in_features:
+            x2 = F.pad(x2, (0, J - self.in_features))
+        how, plan = self._plan(tokens, self._inference_mode)
+        if how == "contract":
+            merged = contract.merge_groups(emb.core_list(), plan.groups)
+            y = contract.sweep(x2, merged, plan.order)[:, : self.out_features]  # (T, I_padded) -> (T, vocab)
+        else:
+            y = self._blocks(x2)
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y.reshape(*lead, self.out_features)
+
+    def _blocks(self, x2: torch.Tensor) -> torch.Tensor:
+        """``x2 (T, J_padded) @ E^T`` with ``E`` rebuilt a block of rows at a time into the workspace: (T, vocab)."""
+        emb = self.embedding
+        cores = emb.core_list()
+        ref = cores[0]
+        vocab = self.out_features
+        if emb.n_cores == 1:
+            return F.linear(x2, ref[0, :vocab, :, 0])
+        ws = self.workspace
+        capacity = ws.capacity(ref.dtype, ref.device) if ws is not None else contract.JOIN_CHUNK_ELEMENTS
+        split = self._choose_split(capacity)
+        left, right = contract.merge_halves(cores, split)  # (P, Q, b), (b, I_R, J_R)
+        P, I_R = left.shape[0], right.shape[1]
+        row_block = self._block_rows(split)
+        per = max(1, capacity // row_block)
+        direct = not torch.is_autocast_enabled(x2.device.type) and x2.dtype == ref.dtype
+        out = x2.new_empty(x2.shape[0], vocab) if direct else None
+        for p0 in range(0, P, per):
+            r0 = p0 * I_R
+            if r0 >= vocab:
+                break
+            p1 = min(P, p0 + per)
+            r1 = min(p1 * I_R, vocab)
+            n = (p1 - p0) * row_block
+            buf = ws.get(n, ref.dtype, ref.device) if ws is not None else torch.empty(n, dtype=ref.dtype, device=ref.device)
+            block = contract.join_halves_into(left, right, buf, p0, p1)[: r1 - r0]  # rows [r0, r1) of E, (r, J_padded)
+            if direct:
+                torch.mm(x2, block.T, out=out[:, r0:r1])  # (T, J) @ (J, r)
+            else:  # autocast or another dtype: F.linear casts
+                part = F.linear(x2, block)
+                if out is None:
+                    out = part.new_empty(x2.shape[0], vocab)
+                out[:, r0:r1] = part
+        return out
+
+    def _apply(self, fn, *args, **kwargs):  # .to(), .half(): the workspace buffer is reallocated on the next call
+        if self.workspace is not None:
+            self.workspace.release()
+        return super()._apply(fn, *args, **kwargs)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, tied to an MPOEmbedding"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, tied to an MPOEmbedding, "
+                f"inference={self._inference_mode!r}")
 
 
 # ---------------------------------------------------------------------------

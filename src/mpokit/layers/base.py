@@ -19,27 +19,108 @@ The base class gives:
 
 Inference cache. When no autograd graph to the cores is needed (under
 ``torch.no_grad`` / ``torch.inference_mode``, or when no core requires grad),
-the rebuilt matrix is cached. The cache key is, per core, the Parameter's
+the rebuilt matrix is cached, if the layer's :attr:`~MPOModule.inference_mode`
+is ``"cache"`` (the default). The cache key is, per core, the Parameter's
 identity, its storage pointer, its in-place version counter (``_version``),
 dtype and device. An optimizer step or ``load_state_dict`` (in-place
 ``copy_``) bumps the version; ``truncate_``, ``.to()`` and ``.half()`` replace
 the tensor. Any of these invalidates the cache. Under ``torch.compile`` the
 cache is bypassed.
+
+Inference modes (:data:`INFERENCE_MODES`; set model-wide by
+:func:`mpokit.set_inference_mode`). They decide what a call without a graph
+to the cores holds; with a graph (training) every mode behaves the same.
+
+* ``"cache"``: the rebuilt matrix (and merged cores of contraction plans) stay
+  in the layer's cache;
+* ``"stream"``: nothing is kept between calls; a call that rebuilds ``W``
+  writes it into the :class:`Workspace` shared by the model's streaming layers
+  (:meth:`MPOModule.stream_weight`), a call that contracts merges afresh;
+* ``"contract"``: ``W`` is never formed (layers that support it: see
+  ``SUPPORTED_MODES``).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 from torch import nn
 
-from .. import shapes
-from ..contract import rebuild
+from .. import contract, shapes
 from ..mpo import GAUGES, MPO
 
-__all__ = ["MPOModule", "random_cores"]
+__all__ = ["MPOModule", "random_cores", "Workspace", "InferenceOption", "INFERENCE_MODES"]
+
+INFERENCE_MODES = ("cache", "stream", "contract")
+
+
+class Workspace:
+    """One flat buffer shared by the streaming MPO layers of a model (``inference_mode == "stream"``).
+
+    A layer that rebuilds ``W`` for one call writes it here (:meth:`get` then
+    :func:`mpokit.contract.rebuild_into`), uses it, and the next layer
+    overwrites it, so the model holds one matrix instead of one per layer. The
+    buffer is allocated on first use with ``elements`` (the planned size, the
+    largest need), on the device and in the dtype of the asking layer's cores;
+    it is allocated again only when a call asks for another dtype or device or
+    for more elements, or after :meth:`release` (every ``.to()`` / ``.half()``
+    of a layer using it releases it). ``allocations`` counts the allocations.
+
+    A tensor from :meth:`get` is valid until the next call of any layer sharing
+    the workspace: one model with a workspace must not run in two threads at once.
+    """
+
+    def __init__(self, elements: int = 0) -> None:
+        if isinstance(elements, bool) or not isinstance(elements, int) or elements < 0:
+            raise ValueError(f"elements must be an int >= 0, got {elements!r}; e.g. Workspace(1536 * 384)")
+        self.elements = elements
+        self.buffer: torch.Tensor | None = None
+        self.allocations = 0
+
+    def get(self, elements: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """A contiguous 1-D tensor of ``elements`` entries (a view of the buffer), in ``dtype`` on ``device``."""
+        buf = self.buffer
+        if buf is None or buf.dtype != dtype or buf.device != torch.device(device) or buf.numel() < elements:
+            self.buffer = None  # drop the old buffer before allocating the new one
+            self.elements = max(self.elements, int(elements))
+            self.buffer = buf = torch.empty(self.elements, dtype=dtype, device=device)
+            self.allocations += 1
+        return buf[:elements]
+
+    def capacity(self, dtype: torch.dtype, device: torch.device) -> int:
+        """Elements a :meth:`get` in ``dtype`` on ``device`` can have without a larger allocation."""
+        buf = self.buffer
+        if buf is not None and buf.dtype == dtype and buf.device == torch.device(device):
+            return max(buf.numel(), self.elements)
+        return self.elements
+
+    def release(self) -> None:
+        """Free the buffer (the next :meth:`get` allocates again)."""
+        self.buffer = None
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the buffer now held (0 before the first use or after :meth:`release`)."""
+        return 0 if self.buffer is None else self.buffer.numel() * self.buffer.element_size()
+
+    def __repr__(self) -> str:
+        held = "not allocated" if self.buffer is None else f"{self.buffer.numel()} x {self.buffer.dtype} on {self.buffer.device}"
+        return f"Workspace(elements={self.elements}, {held}, allocations={self.allocations})"
+
+
+class InferenceOption(NamedTuple):
+    """What one inference mode costs a layer (see :meth:`MPOModule.inference_options`).
+
+    ``cost``: estimated time of one call (FLOPs + ``ALPHA`` x elements moved, :mod:`mpokit.contract`);
+    ``cache_elements``: entries the layer holds between calls; ``workspace_elements``: entries it needs
+    of the shared :class:`Workspace`.
+    """
+
+    cost: float
+    cache_elements: int = 0
+    workspace_elements: int = 0
 
 
 def random_cores(
@@ -77,6 +158,10 @@ class MPOModule(nn.Module):
     """
 
     cores: nn.ParameterList
+    SUPPORTED_MODES: tuple[str, ...] = ("cache", "stream")
+    """Inference modes this layer type runs (``"contract"`` needs a forward that can skip ``W``)."""
+    _inference_mode = "cache"
+    workspace: Workspace | None = None
 
     def _init_cores(self, cores: Sequence[torch.Tensor], shape: tuple[int, int], gauge: str = "symmetric") -> None:
         """Register ``cores`` as Parameters for the (unpadded) matrix ``shape = (rows, cols)``."""
@@ -217,11 +302,13 @@ class MPOModule(nn.Module):
             return False
         return not self.grad_needed()
 
-    def cached(self, name: str, compute):
+    def cached(self, name: str, compute, hold: bool | None = None):
         """``compute()`` (a function of the cores), cached under ``name`` while no graph to the cores is needed.
 
         The value is computed under no-grad with autocast off (so it has the
-        cores' dtype) and recomputed whenever any core changes.
+        cores' dtype) and recomputed whenever any core changes. It is kept only
+        when ``hold`` (default: the layer's inference mode is ``"cache"``); a
+        value already kept is returned in any mode while it is valid.
         """
         if not self._cache_allowed():
             if self._cache and not torch.compiler.is_compiling():
@@ -233,8 +320,75 @@ class MPOModule(nn.Module):
             return hit[1]
         with torch.no_grad(), torch.autocast(device_type=self.cores[0].device.type, enabled=False):
             value = compute()
-        self._cache[name] = (key, value)
+        keep = self._inference_mode == "cache" if hold is None else hold
+        if keep:
+            self._cache[name] = (key, value)
         return value
+
+    def held(self, name: str) -> torch.Tensor | None:
+        """The value cached under ``name`` if it is still valid and a call may use it now, else None."""
+        if not self._cache or not self._cache_allowed():
+            return None
+        hit = self._cache.get(name)
+        return hit[1] if hit is not None and hit[0] == self._cache_key() else None
+
+    def held_bytes(self) -> int:
+        """Bytes of the tensors in the cache now (rebuilt matrices, merged cores)."""
+        total = 0
+        for _, value in self._cache.values():
+            for t in value if isinstance(value, (list, tuple)) else (value,):
+                if isinstance(t, torch.Tensor):
+                    total += t.numel() * t.element_size()
+        return total
+
+    # -- inference modes -----------------------------------------------------------
+
+    @property
+    def inference_mode(self) -> str:
+        """``"cache"``, ``"stream"`` or ``"contract"`` (see the module docstring); setting it empties the cache."""
+        return self._inference_mode
+
+    @inference_mode.setter
+    def inference_mode(self, mode: str) -> None:
+        if mode not in self.SUPPORTED_MODES:
+            raise ValueError(f"inference_mode of {type(self).__name__} must be one of {self.SUPPORTED_MODES}, "
+                             f"got {mode!r}; e.g. layer.inference_mode = 'stream'")
+        self._inference_mode = mode
+        self.clear_cache()
+
+    def stream_weight(self) -> torch.Tensor:
+        """``W (rows, cols)`` for one call without a graph: rebuilt into :attr:`workspace`, held by nobody.
+
+        The result is a view of the shared buffer, valid until the next layer
+        using the workspace runs (so it is for the caller's own matmul, not to
+        keep). Without a workspace, or under ``torch.compile``, a fresh tensor.
+        """
+        cores = self.core_list()
+        ref = cores[0]
+        I, J = self.padded_shape
+        if self.workspace is None or torch.compiler.is_compiling():
+            full = contract.rebuild(cores)
+        else:
+            full = contract.rebuild_into(cores, self.workspace.get(I * J, ref.dtype, ref.device))  # (I, J)
+        rows, cols = self.shape
+        return full if (rows, cols) == (I, J) else full[:rows, :cols]
+
+    def inference_options(self, tokens: int) -> dict[str, InferenceOption]:
+        """Per supported mode, the :class:`InferenceOption` of a call with ``tokens`` rows (used by the planner).
+
+        Base version (a module whose ``W`` is used by someone else, e.g. a host's
+        forward): ``"cache"`` holds ``W`` and costs the matmul; ``"stream"``
+        rebuilds ``W`` (a fresh tensor) on every call.
+        """
+        plan = self._rebuild_plan(tokens)
+        rows, cols = self.shape
+        return {"cache": InferenceOption(plan.estimated_cost(merged_cached=True), rows * cols, 0),
+                "stream": InferenceOption(plan.estimated_cost(merged_cached=False), 0, 0)}
+
+    def _rebuild_plan(self, tokens: int) -> contract.ApplyPlan:
+        groups = ((0, self.n_cores),)
+        return next(p for p in contract._all_plans(self.out_modes, self.in_modes, self.bond_dims, int(tokens))
+                    if p.groups == groups)
 
     def run_recomputed(self, fn, *args):
         """``fn(*args)``; with ``self.recompute`` and a graph to the cores, its intermediates are not kept.
@@ -251,12 +405,13 @@ class MPOModule(nn.Module):
             return checkpoint(fn, *args, use_reentrant=False)
         return fn(*args)
 
-    def rebuild_weight(self) -> torch.Tensor:
-        """``W`` of shape ``shape`` (padding sliced off), differentiable; cached when no graph is needed."""
-        return self.cached("weight", lambda: self.run_recomputed(lambda: self._rebuild_uncached().contiguous()))
+    def rebuild_weight(self, hold: bool | None = None) -> torch.Tensor:
+        """``W`` of shape ``shape`` (padding sliced off), differentiable; cached when no graph is needed
+        (``hold``: as :meth:`cached`, default: when the inference mode is ``"cache"``)."""
+        return self.cached("weight", lambda: self.run_recomputed(lambda: self._rebuild_uncached().contiguous()), hold)
 
     def _rebuild_uncached(self) -> torch.Tensor:
-        full = rebuild(self.core_list())  # (I_padded, J_padded)
+        full = contract.rebuild(self.core_list())  # (I_padded, J_padded)
         rows, cols = self.shape
         if full.shape[0] != rows or full.shape[1] != cols:
             full = full[:rows, :cols]
@@ -265,8 +420,10 @@ class MPOModule(nn.Module):
     def clear_cache(self) -> None:
         self._cache = {}
 
-    def _apply(self, fn, *args, **kwargs):  # .to(), .half(), .cuda(): drop the cache
+    def _apply(self, fn, *args, **kwargs):  # .to(), .half(), .cuda(): drop the cache and the workspace buffer
         self._cache = {}
+        if self.workspace is not None:
+            self.workspace.release()
         return super()._apply(fn, *args, **kwargs)
 
     # -- state_dict with changed bonds --------------------------------------------
@@ -288,9 +445,10 @@ class MPOModule(nn.Module):
     # -- repr helpers ----------------------------------------------------------------
 
     def mpo_repr(self) -> str:
-        """``out_modes=(...), in_modes=(...), bond_dims=(...), params=N/M (x fewer)``."""
+        """``out_modes=(...), in_modes=(...), bond_dims=(...), params=N/M (x fewer), inference=mode``."""
         return (
             f"out_modes={self.out_modes}, in_modes={self.in_modes}, bond_dims={self.bond_dims}, "
             f"mpo_params={self.num_mpo_params}, dense_params={self.dense_params}, "
-            f"compression={self.dense_params / max(self.num_mpo_params, 1):.2f}x"
+            f"compression={self.dense_params / max(self.num_mpo_params, 1):.2f}x, "
+            f"inference={self._inference_mode!r}"
         )

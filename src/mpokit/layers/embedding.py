@@ -16,6 +16,14 @@ path contracts these slices for the distinct ids of a batch only; the
 cheaper by FLOPs; under no-grad the rebuilt table is cached (see
 :class:`MPOModule`) and indexing it is always used.
 
+Inference modes (``emb.inference_mode``, see :class:`MPOModule`; for calls
+without a graph to the cores): ``"cache"`` (default) as above; ``"stream"`` and
+``"contract"`` gather the rows of the batch's distinct ids (``"rows"``) on every
+call and keep nothing, so the table is never formed (a table that a tied
+output head keeps in this module's cache is indexed instead). Gathering the
+distinct ids of a call never costs more than rebuilding the table by more than
+the per-row products, so the embedding needs no stream workspace.
+
 ``padding_idx``: the output at ``padding_idx`` positions is exactly zero and
 sends no gradient to the cores, which is what ``nn.Embedding`` does with its
 (zero-initialised, never-updated) padding row. The MPO cannot pin one row of
@@ -35,7 +43,7 @@ from torch import nn
 
 from .. import contract, shapes
 from ..mpo import MPO
-from .base import MPOModule, random_cores
+from .base import InferenceOption, MPOModule, random_cores
 from .linear import _resolve_modes
 
 __all__ = ["MPOEmbedding", "EMBEDDING_PATHS", "lookup_rows", "best_split", "rows_cost", "rebuild_cost"]
@@ -90,6 +98,9 @@ def lookup_rows(cores: Sequence[torch.Tensor], rows: torch.Tensor, split: int | 
         return cores[0][0, :, :, 0].index_select(0, rows)
     if split is None:
         split = best_split(out_modes, in_modes, [int(c.shape[3]) for c in cores[:-1]], N)
+    grad = torch.is_grad_enabled() and any(c.requires_grad for c in cores)
+    if not grad and not torch.compiler.is_compiling():
+        return _lookup_rows_blocked(cores, rows, split, INFERENCE_GATHER_CHUNK_ELEMENTS).reshape(N, -1)
     left = contract.merge_cores(cores[:split])  # (1, I_L, J_L, d)
     right = contract.merge_cores(cores[split:])  # (d, I_R, J_R, 1)
     _, I_L, J_L, d = left.shape
@@ -102,13 +113,78 @@ def lookup_rows(cores: Sequence[torch.Tensor], rows: torch.Tensor, split: int | 
     return _RowProducts.apply(left, right, prefix, suffix).reshape(N, J_L * J_R)
 
 
+def _lookup_rows_blocked(cores: Sequence[torch.Tensor], rows: torch.Tensor, split: int, chunk: int) -> torch.Tensor:
+    """:func:`lookup_rows` without a graph and without holding the left halves: (N,) -> (N, J_L, J_R).
+
+    The left halves ``(J_L, d)`` of all ``I_L`` prefixes can be as large as half the table at large
+    bonds. Here they are made a block of prefixes at a time, each block at most ``chunk`` elements
+    (or one sub-row's ``i_split`` prefixes): cores ``< split - 1`` are merged into ``sub (P', Q', b)``,
+    and a block is ``sub[r0:r1]`` joined with core ``split - 1`` (:func:`mpokit.contract._join_into`).
+    Only blocks holding a prefix of ``rows`` are made; the rows are gathered in sorted order.
+    """
+    right = contract.merge_cores(cores[split:])  # (d, I_R, J_R, 1)
+    d, I_R, J_R, _ = right.shape
+    right = right.reshape(d, I_R, J_R).permute(1, 0, 2)  # (I_R, d, J_R)
+    ordered, order = torch.sort(rows)
+    prefix = torch.div(ordered, I_R, rounding_mode="floor")  # (N,), ascending
+    suffix = ordered - prefix * I_R
+    if split == 1:
+        left = cores[0].reshape(cores[0].shape[1:])  # (1, i_1, j_1, d) -> (i_1, j_1, d)
+        out = _row_products(left, right, prefix, suffix, chunk)
+    else:
+        sub = contract.merge_cores(cores[: split - 1])  # (1, P', Q', b)
+        last = cores[split - 1]  # (b, i, j, d)
+        _, P, Q, b = sub.shape
+        _, i, j, _ = last.shape
+        sub, last = sub.reshape(P, Q, b), last.reshape(b, i, j * d)
+        per_sub = i * Q * j * d  # elements of the left halves of one row of sub
+        step = max(1, chunk // per_sub)
+        starts = list(range(0, P, step))
+        edges = torch.tensor([r * i for r in starts] + [P * i], device=prefix.device, dtype=prefix.dtype)
+        bounds = torch.searchsorted(prefix, edges).tolist()  # rows of each block of prefixes
+        out = None
+        for r0, a, z in zip(starts, bounds[:-1], bounds[1:]):
+            if a == z:
+                continue
+            r1 = min(P, r0 + step)
+            buf = torch.empty((r1 - r0) * per_sub, dtype=torch.promote_types(sub.dtype, last.dtype), device=sub.device)
+            contract._join_into(sub, last, buf, r0, r1)  # (r, i, Q, j d): prefixes [r0 i, r1 i) as (Q j, d)
+            left = buf.view((r1 - r0) * i, Q * j, d)  # (prefixes, J_L, d)
+            part = _row_products(left, right, prefix[a:z] - r0 * i, suffix[a:z], chunk)
+            if out is None:
+                out = part.new_empty(rows.shape[0], *part.shape[1:])
+            out[a:z] = part
+        if out is None:  # no rows
+            return right.new_zeros(0, math.prod(c.shape[2] for c in cores[:split]), J_R)
+    if bool((ordered == rows).all()):  # sorted already (e.g. torch.unique's ids)
+        return out
+    return out.new_empty(out.shape).index_copy_(0, order, out)  # back to the order of rows
+
+
 GATHER_CHUNK_ELEMENTS = 1 << 22  # gathered halves per chunk (16 MiB in float32)
+INFERENCE_GATHER_CHUNK_ELEMENTS = 1 << 20  # without a graph: nothing is kept, so smaller chunks (4 MiB) cost no speed
 
 
-def _chunks(n_rows: int, left: torch.Tensor, right: torch.Tensor):
+def _chunks(n_rows: int, left: torch.Tensor, right: torch.Tensor, chunk: int | None = None):
     per_row = left.shape[1] * left.shape[2] + right.shape[1] * right.shape[2]
-    step = max(1, GATHER_CHUNK_ELEMENTS // max(per_row, 1))
+    step = max(1, (GATHER_CHUNK_ELEMENTS if chunk is None else chunk) // max(per_row, 1))
     return ((s, min(s + step, n_rows)) for s in range(0, n_rows, step))
+
+
+def _row_products(left, right, prefix, suffix, chunk: int | None = None) -> torch.Tensor:
+    """``out[r] = left[prefix[r]] @ right[suffix[r]]``, a chunk of rows at a time: (N, J_L, J_R)."""
+    N = prefix.shape[0]
+    if N == 0:
+        return left.new_zeros(0, left.shape[1], right.shape[2])
+    out = None
+    for s, e in _chunks(N, left, right, chunk):
+        part = torch.bmm(left.index_select(0, prefix[s:e]), right.index_select(0, suffix[s:e]))
+        if out is None:
+            if e == N:
+                return part
+            out = part.new_empty(N, *part.shape[1:])
+        out[s:e] = part
+    return out
 
 
 class _RowProducts(torch.autograd.Function):
@@ -123,11 +199,7 @@ class _RowProducts(torch.autograd.Function):
     @staticmethod
     def forward(ctx, left, right, prefix, suffix):
         ctx.save_for_backward(left, right, prefix, suffix)
-        parts = [torch.bmm(left.index_select(0, prefix[s:e]), right.index_select(0, suffix[s:e]))
-                 for s, e in _chunks(prefix.shape[0], left, right)]
-        if not parts:
-            return left.new_zeros(0, left.shape[1], right.shape[2])
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
+        return _row_products(left, right, prefix, suffix)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -161,6 +233,8 @@ class MPOEmbedding(MPOModule):
         bond_dim: an int cap for every bond, one cap per bond, or None for full bonds.
         path: ``"auto"``, ``"rebuild"`` or ``"rows"``.
     """
+
+    SUPPORTED_MODES = ("cache", "stream", "contract")
 
     def __init__(
         self,
@@ -271,7 +345,7 @@ class MPOEmbedding(MPOModule):
             return self._path
         grad_needed = self.grad_needed() if grad_needed is None else grad_needed
         if not grad_needed:
-            return "rebuild"  # the table is cached
+            return "rebuild" if self._inference_mode == "cache" else "rows"  # "cache": the table is cached
         args = (self.out_modes, self.in_modes, self.bond_dims)
         if self.n_cores == 1:
             return "rebuild"
@@ -291,18 +365,39 @@ class MPOEmbedding(MPOModule):
                 )
         ids = input.reshape(-1).long()
         grad_needed = self.grad_needed()
-        if self._path == "rebuild" or (self._path == "auto" and not grad_needed):
+        table = None if grad_needed or self._inference_mode == "cache" else self.held("weight")
+        if table is not None:  # a table kept by a tied head
+            out = F.embedding(ids, table)
+        elif not grad_needed and self._inference_mode != "cache":
+            out = self._gather(ids)
+        elif self._path == "rebuild" or (self._path == "auto" and not grad_needed):
             out = F.embedding(ids, self.rebuild_weight())  # (N, D), table cached under no-grad
         else:
             unique, inverse = torch.unique(ids, return_inverse=True)  # (U,), (N,)
             if self.resolved_path(unique.numel(), grad_needed) == "rebuild":
                 out = F.embedding(ids, self.rebuild_weight())
             else:
-                rows = self.run_recomputed(lambda u: lookup_rows(self.core_list(), u), unique)[:, : self.embedding_dim]  # (U, D)
-                out = rows.index_select(0, inverse)  # (N, D)
+                out = self._gather(ids, unique, inverse)
         if self.padding_idx is not None:
             out = out.masked_fill((ids == self.padding_idx).unsqueeze(-1), 0.0)
         return out.reshape(*input.shape, self.embedding_dim)
+
+    def _gather(self, ids: torch.Tensor, unique: torch.Tensor | None = None, inverse: torch.Tensor | None = None):
+        """Rows of ``ids (N,)`` from the cores (``"rows"`` path): (N,) -> (N, D)."""
+        if unique is None:
+            unique, inverse = torch.unique(ids, return_inverse=True)  # (U,), (N,)
+        rows = self.run_recomputed(lambda u: lookup_rows(self.core_list(), u), unique)[:, : self.embedding_dim]  # (U, D)
+        return rows.index_select(0, inverse)  # (N, D)
+
+    def inference_options(self, tokens: int) -> dict[str, InferenceOption]:
+        """Per inference mode, the estimated cost of looking up ``tokens`` ids (all distinct, at most the
+        vocabulary) and the memory held: ``"cache"`` holds the table; ``"stream"`` / ``"contract"`` nothing."""
+        args = (self.out_modes, self.in_modes, self.bond_dims)
+        distinct = min(int(tokens), self.num_embeddings)
+        index = contract.ALPHA * 2 * int(tokens) * self.embedding_dim  # index_select / F.embedding
+        rows = index if self.n_cores == 1 else rows_cost(*args, distinct, best_split(*args, distinct))[1] + index
+        return {"cache": InferenceOption(float(index), self.num_embeddings * self.embedding_dim, 0),
+                "stream": InferenceOption(float(rows)), "contract": InferenceOption(float(rows))}
 
     def extra_repr(self) -> str:
         pad = f", padding_idx={self.padding_idx}" if self.padding_idx is not None else ""

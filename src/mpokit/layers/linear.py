@@ -12,6 +12,15 @@ Execution (``layer.path``):
   (input shape, grad mode, cache state);
 * ``"rebuild"``: rebuild ``W`` (cached under no-grad, see :class:`MPOModule`), one matmul;
 * ``"contract"``: contract the input with the cores, never forming ``W``.
+
+Inference modes (``layer.inference_mode``, see :class:`MPOModule`; they apply to
+calls without a graph to the cores):
+
+* ``"cache"`` (default): as above, the rebuilt ``W`` / merged cores are cached;
+* ``"stream"``: nothing is cached; the cost model prices merging too
+  (``merged_cached=False``), so a call of few tokens (a decode step) contracts
+  and a large one rebuilds ``W`` into the shared workspace (``path`` pins either);
+* ``"contract"``: contraction plans only, merging afresh: ``W`` is never formed.
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ from torch import nn
 
 from .. import contract, shapes
 from ..mpo import MPO
-from .base import MPOModule, random_cores
+from .base import InferenceOption, MPOModule, random_cores
 
 __all__ = ["MPOLinear", "LINEAR_PATHS"]
 
@@ -49,6 +58,8 @@ class MPOLinear(MPOModule):
             full (exact-capacity) bond dimensions.
         path: ``"auto"``, ``"rebuild"`` or ``"contract"``.
     """
+
+    SUPPORTED_MODES = ("cache", "stream", "contract")
 
     def __init__(
         self,
@@ -152,27 +163,42 @@ class MPOLinear(MPOModule):
         self._path = value
 
     @torch.compiler.disable  # plain Python on ints: run it eagerly instead of tracing the plan search
-    def plan(self, tokens: int, grad_needed: bool | None = None) -> contract.ApplyPlan:
+    def plan(self, tokens: int, grad_needed: bool | None = None, mode: str | None = None) -> contract.ApplyPlan:
         """The :class:`~mpokit.contract.ApplyPlan` a call with ``tokens`` rows runs (cached per setting).
 
-        Without grad the merged cores / rebuilt weight are cached, so merging is free;
-        with grad, memory is what autograd saves.
+        With grad, memory is what autograd saves. Without grad, under the
+        inference ``mode`` (default: the layer's): ``"cache"`` takes merging as
+        free (its results are cached); ``"stream"`` and ``"contract"`` pay it on
+        every call, and ``"contract"`` excludes the rebuild plan.
         """
         grad_needed = self.grad_needed() if grad_needed is None else grad_needed
-        key = (tokens, grad_needed, self._path, self.bond_dims)
+        mode = self._inference_mode if mode is None else mode
+        key = (tokens, grad_needed, self._path, self.bond_dims, mode)
         hit = self._path_cache.get(key)
         if hit is not None:
             return hit
-        if self._path == "rebuild":
-            groups = ((0, self.n_cores),)
-            plan = next(p for p in contract._all_plans(self.out_modes, self.in_modes, self.bond_dims, tokens) if p.groups == groups)
+        pinned = self._path if (grad_needed or mode != "contract") else "contract"
+        if pinned == "rebuild":
+            plan = self._rebuild_plan(tokens)
         else:
             plan = contract.plan_apply(
                 self.out_modes, self.in_modes, self.bond_dims, tokens,
-                merged_cached=not grad_needed, training=grad_needed, contract_only=self._path == "contract",
+                merged_cached=not grad_needed and mode == "cache", training=grad_needed,
+                contract_only=pinned == "contract",
             )
         self._path_cache[key] = plan
         return plan
+
+    def inference_options(self, tokens: int) -> dict[str, InferenceOption]:
+        """Per inference mode, the estimated cost of a call of ``tokens`` rows and the memory it holds:
+        ``"cache"`` holds ``W``; ``"stream"`` needs the padded ``W`` of workspace; ``"contract"`` nothing."""
+        out = {}
+        rows, cols = self.shape
+        I, J = self.padded_shape
+        for mode, cache, workspace in (("cache", rows * cols, 0), ("stream", 0, I * J), ("contract", 0, 0)):
+            plan = self.plan(tokens, grad_needed=False, mode=mode)
+            out[mode] = InferenceOption(plan.estimated_cost(merged_cached=mode == "cache"), cache, workspace)
+        return out
 
     def resolved_path(self, x_shape: Sequence[int]) -> str:
         """The path a call with an input of ``x_shape`` takes now (``"rebuild"`` or ``"contract"``)."""
@@ -185,14 +211,17 @@ class MPOLinear(MPOModule):
                 f"e.g. torch.randn(8, {self.in_features})"
             )
         lead = x.shape[:-1]
-        plan = self.plan(math.prod(lead))
+        grad_needed = self.grad_needed()
+        plan = self.plan(math.prod(lead), grad_needed)
         if plan.path == "rebuild":
-            return F.linear(x, self.rebuild_weight(), self.bias)
+            streamed = not grad_needed and self._inference_mode == "stream"
+            return F.linear(x, self.stream_weight() if streamed else self.rebuild_weight(), self.bias)
         # contract: x (..., in) -> (T, J_padded) -> merged-core sweep -> (T, I_padded) -> (..., out)
         J, I = self.padded_shape[1], self.padded_shape[0]
         x2 = x.reshape(-1, self.in_features)
         if J != self.in_features:
             x2 = F.pad(x2, (0, J - self.in_features))
+        # merged cores: kept in the cache under "cache", merged afresh otherwise
         merged = self.cached(f"merged{plan.groups}", lambda: contract.merge_groups(self.core_list(), plan.groups))
         y = contract.sweep(x2, merged, plan.order)  # (T, I_padded)
         if I != self.out_features:

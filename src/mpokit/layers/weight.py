@@ -18,6 +18,12 @@ parametrization is registered, so torch keeps no ``original`` tensor: the
 cores are the only storage of the weight. Assigning ``module.weight = value``
 later decomposes ``value`` into the cores at the current modes and bond
 dimensions (exact at full bonds).
+
+Inference modes: ``"cache"`` (default) keeps the rebuilt weight between calls
+without a graph; ``"stream"`` rebuilds it on every access and keeps nothing (a
+fresh tensor, not the shared workspace: the host may hold the weight it got,
+e.g. under ``parametrize.cached()``). ``"contract"`` is not supported: the
+host's forward needs the weight itself.
 """
 
 from __future__ import annotations
