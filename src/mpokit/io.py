@@ -676,7 +676,8 @@ def from_pretrained(directory: str | os.PathLike, model: nn.Module | None = None
 
     With ``model`` (a freshly built dense model of the saved class, for models without a transformers config, like
     PEFT's ``from_pretrained(model, ...)``) that model is converted and loaded in place (copying the tensors into
-    its parameters) and returned.
+    its parameters) and returned. A ``model`` built on the meta device (``with torch.device("meta"): Net()``) is
+    loaded by assignment instead; its non-persistent buffers must be real (the checkpoint does not hold them).
 
     ``dtype``: the parameters' dtype (default: as the model is built). ``device``: where the model ends up.
     ``inference`` (one of :data:`mpokit.inference.POLICIES`) and ``max_memory`` (bytes, or ``"300MB"``) then set

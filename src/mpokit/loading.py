@@ -8,8 +8,10 @@ The library names no model; it takes paths. :func:`load_model` and
   ``transformers.AutoModel*`` class of the task;
 * an **mpokit checkpoint folder** (it holds ``mpo_config.json``, written by
   :func:`mpokit.save_pretrained`), loaded with :func:`mpokit.from_pretrained`, so
-  it comes back as the saved MPO model. ``AutoModel`` would rebuild dense layers
-  and leave them randomly initialised, so it is never used for these folders;
+  it comes back as the saved MPO model, built on the meta device: the dense
+  matrices of its compressed layers are never allocated. ``AutoModel`` would
+  rebuild dense layers and leave them randomly initialised, so it is never used
+  for these folders;
 * a **GGUF file** (``*.gguf``), read by transformers through the ``gguf``
   package (``from_pretrained(folder, gguf_file=name)``); quantised weights are
   de-quantised to ``dtype`` (float32 by default).
