@@ -31,6 +31,11 @@ peak of ``torch.cuda.max_memory_allocated``). Columns:
 * ratios (``x``) are against ``dense`` of the same run: memory / dense memory, throughput / dense throughput.
 * ``tokens``: the generated tokens equal those of the same checkpoint under ``cache`` (``=``) or not (``!``).
 
+With ``--onnx`` (CPU, MiniLM) the dense and MPO checkpoints are also exported as ONNX files
+(:func:`mpokit.export.export_onnx`, once, into the cache; each checked against PyTorch with onnxruntime
+at two shapes) and run in onnxruntime: file size, the check's max relative difference, load time, peak
+memory (above the RSS after ``import numpy, onnxruntime``) and s/batch, ratios against the dense file.
+
 Writes ``results.json`` and ``results.md`` into ``--out`` and prints the table.
 
     python benchmarks/bench_inference.py --threads 1                   # everything
@@ -244,6 +249,8 @@ def _dense_folder(spec: ModelSpec, random_weights: bool) -> Path:
 
 
 def _prepared(folder: Path) -> bool:
+    if folder.suffix == ".onnx":
+        return folder.is_file() and folder.with_suffix(".json").is_file()
     return (folder / "mpo_config.json").is_file() or (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
 
 
@@ -290,9 +297,26 @@ def prepare(job: dict) -> None:
             {"compress_seconds": seconds, "model_params_before": report.model_params_before,
              "model_params_after": report.model_params_after, "matrix_params_before": report.matrix_params_before,
              "matrix_params_after": report.matrix_params_after}, indent=2))
-    else:
+    elif job["kind"] == "merged":
         model = mpokit.merge_and_unload(mpokit.from_pretrained(job["source"]))
         model.save_pretrained(str(out))
+    else:  # onnx: the checkpoint in `source` as an ONNX file, checked with onnxruntime
+        from mpokit.export import check_onnx, export_onnx, onnx_sizes
+
+        source = Path(job["source"])
+        if (source / "mpo_config.json").is_file():
+            model = mpokit.from_pretrained(source)
+        else:
+            model = T.AutoModel.from_pretrained(str(source), dtype=torch.float32).eval()
+        g = torch.Generator().manual_seed(0)
+        example = {"input_ids": torch.randint(0, model.config.vocab_size, (2, 16), generator=g)}
+        example["attention_mask"] = torch.ones_like(example["input_ids"])
+        other = {"input_ids": torch.randint(0, model.config.vocab_size, (3, 19), generator=g)}
+        other["attention_mask"] = torch.ones_like(other["input_ids"])
+        export_onnx(model, out, example)
+        diff = max(check_onnx(out, model, example), check_onnx(out, model, other))
+        sizes = onnx_sizes(out, model)
+        out.with_suffix(".json").write_text(json.dumps({"max_rel_diff": diff, **sizes}, indent=2, default=str))
 
 
 def _subprocess(flag: str, payload: dict, timeout: float | None, memory_env: bool = False) -> dict | None:
@@ -334,6 +358,72 @@ def ensure_checkpoints(spec: ModelSpec, ratios, random_weights: bool, timeout: f
             raise SystemExit(f"preparing {folder} failed: {result['error']}")
         print(f"[prepare] done in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     return folders
+
+
+def ensure_onnx(spec: ModelSpec, folders: dict[str, Path], timeout: float | None) -> dict[str, Path]:
+    """``{variant: file.onnx}`` for the dense and MPO variants, exported (and checked) once into :data:`CACHE`."""
+    files = {}
+    for variant, folder in folders.items():
+        if variant.startswith("merged"):
+            continue  # the same file as dense, in size and structure
+        path = CACHE / "onnx" / f"{folder.name}.onnx"
+        if not _prepared(path):
+            print(f"[prepare] {spec.key} {variant} -> {path}", file=sys.stderr, flush=True)
+            result = _subprocess("--prepare", {"model": spec.key, "kind": "onnx", "out": str(path),
+                                               "source": str(folder), "random_weights": False}, timeout)
+            if result and "error" in result:
+                raise SystemExit(f"exporting {path} failed: {result['error']}")
+        files[variant] = path
+    return files
+
+
+def run_onnx_case(case: dict) -> dict:
+    """An encoder's ONNX file in onnxruntime (CPU): load time, peak memory of loading and of the batches, s/batch."""
+    import numpy as np
+    import onnxruntime as ort
+
+    base = _status_mib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    options = ort.SessionOptions()
+    if case["threads"]:
+        options.intra_op_num_threads = case["threads"]
+    start = time.perf_counter()
+    session = ort.InferenceSession(case["file"], options, providers=["CPUExecutionProvider"])
+    out = {"load_s": time.perf_counter() - start, "load_mib": _status_mib("VmHWM") - base}
+    w = Workload(**case["workload"])
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, case["vocab"], (w.batch, w.length), dtype=np.int64)
+    feed = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    session.run(None, feed)
+    times = []
+    for _ in range(case["reps"]):
+        start = time.perf_counter()
+        session.run(None, feed)
+        times.append(time.perf_counter() - start)
+    summary = json.loads(Path(case["file"]).with_suffix(".json").read_text())
+    out.update(s_per_batch=statistics.median(times), infer_mib=_status_mib("VmHWM") - base,
+               tokens=w.batch * w.length, onnx_bytes=summary["file"], max_rel_diff=summary["max_rel_diff"])
+    return out
+
+
+def onnx_table(rows: list[dict]) -> str:
+    """The onnxruntime rows, ratios against the dense file's row."""
+    dense = next((r for r in rows if r["variant"] == "dense" and "error" not in r), None)
+    head = ["variant", "file MiB", "x", "max rel. diff", "load s", "load MiB", "x", "peak MiB", "x", "s/batch", "thr x"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['variant']} | failed: {r['error']} |" + " |" * (len(head) - 2))
+            continue
+        x = (lambda k, inv=False: _f(_ratio(r[k], dense[k], inv)) if dense else "-")
+        lines.append("| " + " | ".join([
+            r["variant"], _f(r["onnx_bytes"] / 2**20, ".1f"), x("onnx_bytes"), _f(r["max_rel_diff"], ".1e"),
+            _f(r["load_s"]), _f(r["load_mib"], ".0f"), x("load_mib"), _f(r["infer_mib"], ".0f"), x("infer_mib"),
+            _f(r["s_per_batch"], ".3f"), x("s_per_batch", True)]) + " |")
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------
@@ -426,13 +516,20 @@ def main(argv=None) -> int:
                              "tokens), one repetition")
     parser.add_argument("--random-weights", action="store_true",
                         help="random weights of the same architectures (no model packages needed, e.g. on a GPU machine)")
+    parser.add_argument("--onnx", action="store_true",
+                        help="also export the encoder's dense and MPO variants as ONNX (mpokit.export, cached) and run "
+                             "them in onnxruntime: file size, the check against PyTorch, memory and s/batch")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per case before it is recorded as failed")
     parser.add_argument("--out", default=str(ROOT / "runs" / "bench_inference"), help="folder for results.json / .md")
     parser.add_argument("--case", default=None, help=argparse.SUPPRESS)  # internal: one measurement (JSON)
     parser.add_argument("--prepare", default=None, help=argparse.SUPPRESS)  # internal: write one checkpoint (JSON)
+    parser.add_argument("--onnx-case", default=None, help=argparse.SUPPRESS)  # internal: one onnxruntime case (JSON)
     args = parser.parse_args(argv)
     if args.case is not None:
         print(json.dumps(run_case(json.loads(args.case))))
+        return 0
+    if args.onnx_case is not None:
+        print(json.dumps(run_onnx_case(json.loads(args.onnx_case))))
         return 0
     if args.prepare is not None:
         prepare(json.loads(args.prepare))
@@ -457,7 +554,7 @@ def main(argv=None) -> int:
         policies = [None]
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     load_before = _load_average()
-    rows = []
+    rows, onnx_rows = [], []
     for key in models:
         spec = MODELS[key]
         folders = ensure_checkpoints(spec, ratios, args.random_weights, args.timeout)
@@ -478,6 +575,15 @@ def main(argv=None) -> int:
             rows.append(row)
             print(f"[case] {json.dumps({k: v for k, v in row.items() if k not in ('generated', 'compression')})}",
                   file=sys.stderr, flush=True)
+        if args.onnx and not spec.lm and args.device == "cpu":
+            for variant, path in ensure_onnx(spec, folders, args.timeout).items():
+                vocab = json.loads((folders["dense"] / "config.json").read_text())["vocab_size"]
+                case = {"file": str(path), "vocab": vocab, "threads": args.threads, "reps": reps,
+                        "workload": vars(spec.quick if args.quick else spec.full)}
+                print(f"[onnx] {key} {variant}", file=sys.stderr, flush=True)
+                result = _subprocess("--onnx-case", case, args.timeout, memory_env=True)
+                onnx_rows.append({"model": key, "variant": variant, **(result or {})})
+                print(f"[onnx] {json.dumps(onnx_rows[-1])}", file=sys.stderr, flush=True)
     add_ratios(rows)
     import torch
 
@@ -488,13 +594,16 @@ def main(argv=None) -> int:
             "reps": reps, "quick": args.quick, "random_weights": args.random_weights, "policies_available": available}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows, "onnx_rows": onnx_rows}, indent=2))
     md = [f"# bench_inference ({meta['started']} - {meta['finished']})", "",
           f"torch {meta['torch']}, device {args.device}, threads {args.threads or 'default'}, {meta['cpus']} CPUs, "
           f"load average {load_before} before / {meta['load_average_after']} after, reps {reps}"
           + (", quick" if args.quick else "") + (", random weights" if args.random_weights else ""), ""]
     for key in models:
         md += [f"## {MODELS[key].name}", "", table(rows, key), ""]
+        if any(r["model"] == key for r in onnx_rows):
+            md += [f"### {MODELS[key].name} in onnxruntime (ONNX files from mpokit.export)", "",
+                   onnx_table([r for r in onnx_rows if r["model"] == key]), ""]
     (out / "results.md").write_text("\n".join(md))
     print("\n".join(md))
     return 0

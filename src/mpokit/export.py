@@ -34,9 +34,9 @@ forward takes ``use_cache`` is called with ``use_cache=False`` (no key/value cac
 
 Runtime memory. The file holds the cores; what a runtime holds is its own choice. onnxruntime folds
 the token-independent part of the graph (each rebuilt ``W``, the embedding's merged halves) into
-constants when it loads the file (its default graph optimisations), so in its memory the model
-takes the dense matrices on top of the cores; a layer pinned to contraction keeps only its merged
-groups of cores there.
+constants when it loads the file (its default graph optimisations), so its memory holds those
+dense matrices rather than the cores (BENCHMARKS.md measures it); a layer pinned to contraction
+leaves only its merged groups of cores there.
 
 ``onnx``, ``onnxscript`` (the exporter's dependency) and ``onnxruntime`` are optional
 (``pip install 'mpokit[export]'``) and imported only where they are used.
@@ -80,13 +80,7 @@ class OnnxMismatchError(ValueError):
 
 
 def require_export_dependencies(*, runtime: bool = True) -> None:
-    """Raise :class:`ExportDependencyError` naming the missing packages (Runtime memory. The file holds the cores; what a runtime holds is its own choice. onnxruntime folds
-the token-independent part of the graph (each rebuilt ``W``, the embedding's merged halves) into
-constants when it loads the file (its default graph optimisations), so in its memory the model
-takes the dense matrices on top of the cores; a layer pinned to contraction keeps only its merged
-groups of cores there.
-
-``onnx``, ``onnxscript``, and
+    """Raise :class:`ExportDependencyError` naming the missing packages (``onnx``, ``onnxscript``, and
     ``onnxruntime`` when ``runtime``) and the pip command, before any work."""
     missing = []
     for name in ("onnx", "onnxscript") + (("onnxruntime",) if runtime else ()):

@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
                          "with a token vocabulary (classifiers, encoders, causal LMs)")
     example = _inputs(args.batch_size, args.seq_len, vocab, seed=0)
     export_onnx(model, out, example, merged=args.merged)
-    sizes = onnx_sizes(out, model)
+    sizes = onnx_sizes(out, None if args.merged else model)
     what = "dense (merged)" if args.merged else ("MPO" if loaded.info.get("mpo") else "dense")
     print(f"wrote {out}: {what} model, {sizes['file'] / 2**20:.2f} MiB ({sizes['initializers'] / 2**20:.2f} MiB of "
           f"initializers" + (f"; the MPO cores are {sizes['cores'] / 2**20:.2f} MiB" if sizes.get("cores") else "")
