@@ -443,8 +443,9 @@ def compress(model: nn.Module, config: MPOConfig | None = None, *, calibration=N
     any other method, or a ``budget``, runs the data-aware path (:func:`_compress_aware`): each matrix is
     approximated by :func:`mpokit.aware.approximate` at its share of the budget; MPO results (mpo, mpo-aware,
     svd, svd-whitened) become MPO modules, pruning results keep the dense module with a
-    ``torch.nn.utils.prune`` mask (zeros stay zero through fine-tuning; nonzeros are counted as its parameters).
-    ``progress`` shows bars for calibration and fitting.
+    ``torch.nn.utils.prune`` mask (zeros stay zero through fine-tuning; nonzeros are counted as its parameters;
+    fold the masks with :func:`mpokit.baselines.pruning.make_pruning_permanent_` before :func:`mpokit.save_pretrained`,
+    whose checkpoints hold plain weights). ``progress`` shows bars for calibration and fitting.
     """
     import time
 
@@ -460,7 +461,8 @@ def compress(model: nn.Module, config: MPOConfig | None = None, *, calibration=N
     stats = None
     if calibration is not None:
         t0 = time.perf_counter()
-        stats = stats_or_collect(model, calibration, [t.name for t in targets], progress=progress)
+        measurable = [t.name for t in targets if CONVERTERS[t.converter].from_mpo is not None]  # not LSTMs
+        stats = stats_or_collect(model, calibration, measurable, progress=progress)
         report.seconds["calibration"] = time.perf_counter() - t0
         report.calibration = stats.summary()
     out_emb = _call(model, "get_output_embeddings")
