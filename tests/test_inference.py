@@ -351,43 +351,44 @@ def test_no_dense_cache_is_held_under_stream_or_contract(policy):
 
 
 PROBE = textwrap.dedent("""
-    import json, sys, torch, mpokit
+    import json, torch, mpokit
     from mpokit.layers import MPOLinear
     torch.manual_seed(0)
     torch.set_num_threads(1)
     def rss(key):
         return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith(key))
     # 8 layers of 1024 x 1024 (4 MiB each when dense) with bond 8: the cores are ~100 KiB in all
-    model = torch.nn.Sequential(*[MPOLinear(1024, 1024, bias=False, bond_dim=8) for _ in range(8)]).eval()
+    model = torch.nn.Sequential(*[MPOLinear(1024, 1024, bias=False, bond_dim=8) for _ in range(9)]).eval()
     for m in model:
         m.path = "rebuild"  # forming W on every call: the case a policy must not keep
-    mpokit.set_inference_mode(model, sys.argv[1])
     x = torch.randn(16, 1024)
-    warm = MPOLinear(1024, 1024, bias=False, bond_dim=8).eval()  # first calls allocate the BLAS's own buffers
-    warm.path = "rebuild"
+    warm = model[8]  # first calls allocate the BLAS's own buffers
     mpokit.set_inference_mode(warm, "stream")
     with torch.no_grad():
         warm(x)
+    model = model[:8]
     del warm
-    before = rss("VmRSS")
-    open("/proc/self/clear_refs", "w").write("5")  # reset the peak to the current RSS
-    with torch.no_grad():
-        for _ in range(3):
-            y = model(x)
-    print(json.dumps({"peak": rss("VmHWM") - before, "after": rss("VmRSS") - before}))
+    out = {}
+    for policy in ("stream", "cache"):
+        mpokit.set_inference_mode(model, policy)
+        before = rss("VmRSS")
+        open("/proc/self/clear_refs", "w").write("5")  # reset the peak to the current RSS
+        with torch.no_grad():
+            for _ in range(3):
+                y = model(x)
+        out[policy] = {"peak": rss("VmHWM") - before, "after": rss("VmRSS") - before}
+    print(json.dumps(out))
 """)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
 def test_memory_probe_stream_holds_one_matrix_where_cache_holds_every_one():
-    out = {}
-    for policy in ("cache", "stream"):
-        done = subprocess.run([sys.executable, "-c", PROBE, policy], capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, done.stderr
-        out[policy] = json.loads(done.stdout.strip().splitlines()[-1])
+    done = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout.strip().splitlines()[-1])
     matrix = 1024 * 1024 * 4
-    assert out["cache"]["after"] >= 7 * matrix, out  # eight matrices kept (7: generous)
     assert out["stream"]["after"] <= 2 * matrix and out["stream"]["peak"] <= 3 * matrix, out  # one W, transients
+    assert out["cache"]["after"] >= 6 * matrix, out  # eight matrices kept, less the workspace stream let go (generous)
 
 
 # ---------------------------------------------------------------------------
@@ -455,13 +456,14 @@ def test_training_is_unchanged_under_every_policy():
     model = _compressed_llama()
     inputs = tiny_inputs(length=11)
     grads = {}
-    for policy in ("cache", "stream", "contract"):
+    for policy in ("cache", "contract"):  # with grad every mode runs the same code: the two ends suffice
         set_inference_mode(model, policy)
         model.zero_grad()
         model(**inputs).logits.square().mean().backward()
         grads[policy] = [p.grad.clone() for p in model.parameters() if p.grad is not None]
-    for policy in ("stream", "contract"):
-        assert all(_rel(g, w) <= TOL for g, w in zip(grads[policy], grads["cache"])), policy
+    assert len(grads["contract"]) == len(grads["cache"]) > 0
+    assert all(_rel(g, w) <= TOL for g, w in zip(grads["contract"], grads["cache"]))
+    assert all(m._cache == {} for _, m in inference_layers(model) if isinstance(m, MPOModule))  # nothing kept
 
 
 # ---------------------------------------------------------------------------

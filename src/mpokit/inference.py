@@ -199,7 +199,7 @@ class InferencePlan:
         budget = "" if self.max_memory is None else f" of max_memory {self.max_memory:,} ({_human(self.max_memory)})"
         lines.append(f"total held: {self.total_bytes:,} bytes ({_human(self.total_bytes)}){budget}; activations not counted")
         if any(r.owner and r.cache_bytes for r in self.layers):
-            lines.append("(n): a tied head's matrix, kept in its embedding's cache and counted once")
+            lines.append("cache in parentheses: a tied head's matrix, kept in its embedding's cache and counted once")
         return "\n".join(lines)
 
     __str__ = table

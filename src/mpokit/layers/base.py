@@ -105,6 +105,9 @@ class Workspace:
         """Bytes of the buffer now held (0 before the first use or after :meth:`release`)."""
         return 0 if self.buffer is None else self.buffer.numel() * self.buffer.element_size()
 
+    def __getstate__(self) -> dict:  # pickling or deep-copying a model does not copy the buffer
+        return {**self.__dict__, "buffer": None}
+
     def __repr__(self) -> str:
         held = "not allocated" if self.buffer is None else f"{self.buffer.numel()} x {self.buffer.dtype} on {self.buffer.device}"
         return f"Workspace(elements={self.elements}, {held}, allocations={self.allocations})"

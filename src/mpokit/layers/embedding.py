@@ -20,9 +20,11 @@ Inference modes (``emb.inference_mode``, see :class:`MPOModule`; for calls
 without a graph to the cores): ``"cache"`` (default) as above; ``"stream"`` and
 ``"contract"`` gather the rows of the batch's distinct ids (``"rows"``) on every
 call and keep nothing, so the table is never formed (a table that a tied
-output head keeps in this module's cache is indexed instead). Gathering the
-distinct ids of a call never costs more than rebuilding the table by more than
-the per-row products, so the embedding needs no stream workspace.
+output head keeps in this module's cache is indexed instead). Without a graph
+the left halves are made a block of prefixes at a time, so the gather holds
+no more than a few MiB besides its output. Only a call with most of the
+vocabulary would be cheaper as a rebuild of the table; the embedding never
+does that outside ``"cache"``, and so needs no stream workspace.
 
 ``padding_idx``: the output at ``padding_idx`` positions is exactly zero and
 sends no gradient to the cores, which is what ``nn.Embedding`` does with its
