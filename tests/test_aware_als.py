@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from mpokit import MPO, shapes
+from mpokit import MPO
 from mpokit.aware import damped_cholesky, fit_mpo, relative_output_error, truncate_fit
 from mpokit.aware import als
 from mpokit.mpo import rebuild_matrix
@@ -158,7 +158,7 @@ def test_every_solver_route_gives_the_exact_local_minimiser(out_modes, in_modes)
             "cg": als._solve_cg(prob, P, Q, G0, B, k, iters=200, rtol=1e-14),
         }
         if sum(1 for s in (P.shape[1], j, Q.shape[2]) if s > 1) <= 1:
-            solved["kron"] = als._solve_kron(prob, P, Q, G0, B)
+            solved["kron"] = als._solve_kron(prob, P, Q, G0, B, k)
         for route, G in solved.items():
             f = prob.objective([*cores[:k], G, *cores[k + 1:]])
             assert f == pytest.approx(best, rel=1e-10), (route, k, f, best)
@@ -194,7 +194,7 @@ def test_singular_C_gives_a_finite_fit(kind):
         Wp = fit.mpo.to_matrix()
         assert bool(torch.isfinite(Wp).all()) and all(bool(torch.isfinite(c).all()) for c in fit.mpo.cores)
         assert all(math.isfinite(h) for h in fit.history)
-        assert relative_output_error(W, Wp, C) == pytest.approx(fit.history[-1], rel=1e-8, abs=1e-12)
+        assert relative_output_error(W, Wp, C) == pytest.approx(fit.history[-1], rel=1e-8, abs=1e-7)
 
 
 def test_padded_layout_counts_only_the_real_rows_and_columns():

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mpokit.aware import (METHODS, ErrorCurve, Layout, allocate_budget, approximate, damped_cholesky, error_curve,
-                          output_error, relative_output_error)
+                          relative_output_error)
 
 
 @pytest.fixture(autouse=True, scope="module")

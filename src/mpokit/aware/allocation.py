@@ -68,10 +68,11 @@ def _svd_curve(stats, whiten: bool, budgets, damping: float) -> list[tuple[int, 
     metric = stats.metric
     if whiten and not stats.identity:
         prob = _Problem(stats, (rows, 1), (1, J), damping)
-        L, Linv = prob.factors[1], prob.inv_factors[1]
+        L = prob.factors[1]
         Wt = W * L if L.dim() == 1 else W @ L
         _, s, vh = torch.linalg.svd(Wt, full_matrices=False)
-        B = vh @ Linv if Linv.dim() == 2 else vh * Linv  # rows: v_i^T L^{-1}
+        # rows v_i^T L^{-1}
+        B = torch.linalg.solve_triangular(L, vh, upper=False, left=False) if L.dim() == 2 else vh / L
     else:
         _, s, vh = torch.linalg.svd(W, full_matrices=False)
         B = vh

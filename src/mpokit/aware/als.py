@@ -10,8 +10,9 @@ cores ``0..k-1`` and the right one ``Q (b, y, r) = (d_k, O_>k, J_>k)`` cores ``k
 ``(a j b)^2`` shared by every out slice ``o``; the right-hand side is ``B = A^*(W C)`` (``A^*`` the adjoint of
 ``G -> W'``). Each core update is the exact minimiser given the others, by one of three routes:
 
-* ``kron``: when at most one of ``J_<k, j_k, J_>k`` exceeds 1 (every core of the low-rank and hybrid layouts),
-  ``H = E_L (x) M (x) E_R`` exactly; solved in the factors' eigenbases (pseudo-inverse, closed form).
+* ``kron``: when at most one of ``J_<k, j_k, J_>k`` exceeds 1 (every core of the low-rank and hybrid-out layouts),
+  ``H = E_L (x) M (x) E_R`` exactly; closed form with the small factors' pseudo-inverses, and for a dense
+  ``M = C`` a few steps preconditioned by the whitening Cholesky factor (no eigen-decomposition of ``C``).
 * ``dense``: ``H`` formed explicitly when ``a j b <= dense_limit`` and forming it costs no more than the conjugate
   gradient; proximal Cholesky steps ``G <- G + (H + eps I)^{-1} (B - H G)`` (each one decreases ``f``).
 * ``cg``: conjugate gradient warm-started from the current core, one step size per out slice, preconditioned by
@@ -71,6 +72,7 @@ class FitResult:
         factors: the whitening factor of each core's in index (``L_k``, lower triangular, or a vector when
             diagonal); ``transposed``: the fit ran on ``W^T`` (row weights), so the factors act on the out modes.
         objective, reference: the final ``f`` and ``tr(W C W^T)``.
+        routes: how many core updates each solver route took (``kron``, ``basis``/``ppqqA``/``ppqqB``, ``cg``).
     """
 
     mpo: MPO
@@ -98,38 +100,54 @@ class _Stats:
     """``W (out, in)`` float64 with its metric over the in index, ``Y = W C`` and ``f0 = tr(W C W^T)``, shared by
     every layout tried on it."""
 
-    def __init__(self, W: torch.Tensor, metric: Metric, identity: bool):
+    def __init__(self, W: torch.Tensor, metric: Metric, identity: bool, work_dtype=torch.float64):
         self.W = W
+        self.work_dtype = work_dtype  # the precision of the SVDs (that of the input weight, at least float32)
         self.metric = metric
         self.identity = identity  # C = I (Frobenius): no whitening, the init is plain TT-SVD
         self.Y = metric.apply(W)
         self.f0 = float((self.Y * W).sum())
-        self._chol: tuple | None = None
         self._factors: dict = {}
 
     @property
     def shape(self) -> tuple[int, int]:
         return (int(self.W.shape[0]), int(self.W.shape[1]))
 
-    def chol(self, size: int) -> torch.Tensor:
-        """Lower Cholesky factor of the dense metric padded to ``size``, damped by 1e-10 mean(diag C); once."""
-        if self._chol is None or self._chol[0] != size:
-            self._chol = (size, damped_cholesky(self.metric.padded(size).dense, 1e-10)[0])
-        return self._chol[1]
+    def factors(self, in_modes: Sequence[int], damping: float):
+        """Kronecker whitening factors for ``in_modes``, a function giving their inverses, and the damping used.
 
-    def factors(self, in_modes: Sequence[int], damping: float) -> tuple[list[torch.Tensor], float]:
-        """Kronecker whitening factors for ``in_modes`` (cached by the modes of size > 1 and their padding)."""
-        key = (tuple(in_modes), damping)
+        Cached by the modes of size > 1 (and the padded size), so layouts that split the in modes alike (the
+        low-rank and hybrid-out layouts both keep ``in`` whole) share one Cholesky factorisation.
+        """
+        big = tuple(m for m in in_modes if m > 1)
+        key = (big, damping)
         if key not in self._factors:
-            size = math.prod(in_modes)
-            metric = self.metric.padded(size)
+            device = self.W.device
             if self.identity:
-                one = torch.ones(1, dtype=torch.float64, device=self.W.device)
-                facs = [torch.ones(m, dtype=torch.float64, device=self.W.device) if m > 1 else one for m in in_modes]
-                self._factors[key] = (facs, 0.0)
+                facs = [torch.ones(m, dtype=torch.float64, device=device) for m in big]
+                self._factors[key] = (facs, facs, 0.0)
             else:
-                self._factors[key] = kron_factors(metric, in_modes, damping)
-        return self._factors[key]
+                facs, lam = kron_factors(self.metric.padded(math.prod(big)), big, damping)
+                self._factors[key] = (facs, None, lam)
+        facs, inv, lam = self._factors[key]
+        if inv is None:  # the inverses, for the CG preconditioner only: computed on first use
+            return self._expand(facs, in_modes), lambda: self._inverse(key, in_modes), lam
+        return self._expand(facs, in_modes), lambda: self._expand(inv, in_modes), lam
+
+    def _inverse(self, key, in_modes):
+        facs, inv, lam = self._factors[key]
+        if inv is None:
+            inv = invert_factors(facs)
+            self._factors[key] = (facs, inv, lam)
+        return self._expand(inv, in_modes)
+
+    def _expand(self, facs, in_modes):
+        """Factors for the modes of size > 1, with ``[[1]]`` (or ``[1]``) for the modes of size 1."""
+        diag = self.identity or self.metric.is_diag
+        one = (torch.ones(1, dtype=torch.float64, device=self.W.device) if diag
+               else torch.ones(1, 1, dtype=torch.float64, device=self.W.device))
+        it = iter(facs)
+        return [next(it) if m > 1 else one for m in in_modes]
 
 
 class _Problem:
@@ -144,9 +162,13 @@ class _Problem:
         self.W = torch.nn.functional.pad(stats.W, pad) if pad != (0, 0, 0, 0) else stats.W
         self.Y = torch.nn.functional.pad(stats.Y, pad) if pad != (0, 0, 0, 0) else stats.Y
         self.metric = stats.metric.padded(self.J)
-        self.factors, self.lam = stats.factors(in_modes, damping)
-        self.inv_factors = invert_factors(self.factors)
+        self.factors, self._inverses, self.lam = stats.factors(in_modes, damping)
         self.exact = sum(1 for m in in_modes if m > 1) <= 1  # one core holds every in mode: exact whitening
+
+    @property
+    def inv_factors(self) -> list[torch.Tensor]:
+        """``L_k^{-1}`` per core (computed once, on first use)."""
+        return self._inverses()
 
     def objective(self, cores: Sequence[torch.Tensor]) -> float:
         """``f`` on the real rows (padded columns have zero second moment)."""
@@ -221,14 +243,15 @@ def _pinv_sym(E: torch.Tensor) -> torch.Tensor:
     return (U * inv) @ U.T
 
 
-def _solve_kron(prob: _Problem, P, Q, G0, B, steps: int = 3) -> torch.Tensor:
+def _solve_kron(prob: _Problem, P, Q, G0, B, k: int, steps: int = 4) -> torch.Tensor:
     """Update when ``H = E_L (x) M (x) E_R`` (at most one of ``J_<k, j, J_>k`` exceeds 1).
 
     ``E_L = sum_x P_x^T C' P_x`` and ``E_R`` likewise, with ``C' = C`` on the side that holds the in modes (else
     the identity); ``M = C`` when core ``k`` holds them. Closed form ``G0 + H^+ (B - H G0)`` with the factors'
-    pseudo-inverses, except for a dense ``M``, whose damped Cholesky factor (``C + 1e-10 mean(diag C) I``,
-    computed once) gives steps ``G <- G + (E_L^+ (x) (C + eps)^{-1} (x) E_R^+)(B - H G)``: the preconditioner
-    dominates ``H``, so each step decreases ``f``; three of them reach the minimiser to the damping.
+    pseudo-inverses, except for a dense ``M``, whose damped Cholesky factor (
+    the whitening factor of this core, ``L L^T = C + lam mean(diag C) I``) gives steps
+    ``G <- G + (E_L^+ (x) (L L^T)^{-1} (x) E_R^+)(B - H G)``: the preconditioner dominates ``H``, so each step
+    decreases ``f``; they stop when a step changes ``G`` by less than 1e-9 of its norm (at most ``steps``).
     """
     p, j, r = P.shape[1], G0.shape[2], Q.shape[2]
     metric = prob.metric
@@ -241,13 +264,16 @@ def _solve_kron(prob: _Problem, P, Q, G0, B, steps: int = 3) -> torch.Tensor:
         return torch.einsum("ac,cojd,bd->aojb", L_, T, R_)
 
     if j > 1 and not metric.is_diag:
-        chol = prob.stats.chol(prob.J)
+        chol = prob.factors[k]  # (j, j) lower: one core holds every in mode, so this is chol(C + damping)
         a, o, _, b = G0.shape
         G = G0
         for _ in range(steps):
             HG = torch.einsum("aojb,jk->aokb", sides(G, E_L, E_R), metric.dense)
             Z = sides(B - HG, iL, iR).permute(0, 1, 3, 2).reshape(-1, j)  # (a o b, j)
-            G = G + torch.cholesky_solve(Z.T, chol).T.reshape(a, o, b, j).permute(0, 1, 3, 2)
+            step = torch.cholesky_solve(Z.T, chol).T.reshape(a, o, b, j).permute(0, 1, 3, 2)
+            G = G + step
+            if float(step.norm()) <= 1e-9 * float(G.norm()):
+                break
         return G
     if j > 1:  # diagonal metric over the in modes of this core
         c = metric.diag
@@ -408,7 +434,7 @@ def _solve(prob: _Problem, P, Q, G0, k: int, opts: _SolverOptions, routes: dict)
     route = _choose_route(prob, P, Q, G0, opts)
     routes[route] = routes.get(route, 0) + 1
     if route == "kron":
-        return _solve_kron(prob, P, Q, G0, B)
+        return _solve_kron(prob, P, Q, G0, B, k)
     if route == "cg":
         return _solve_cg(prob, P, Q, G0, B, k, opts.cg_iters, opts.cg_rtol)
     if route == "basis":
@@ -512,21 +538,54 @@ def _times_in(core: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
     return torch.einsum("aojb,jk->aokb", core, M)
 
 
+def _tt_svd(matrix: torch.Tensor, out_modes, in_modes, criterion: dict, work_dtype=torch.float64) -> MPO:
+    """TT-SVD at ``criterion`` in the right gauge: ``MPO.from_matrix(..., gauge="right", **criterion)``, except that
+    two cores are sliced from the one SVD (a truncated SVD) instead of re-rounded by two more SVD sweeps.
+
+    The SVDs run in ``work_dtype`` (float32: mpokit's Gram-matrix SVD, accurate to ~1e-8 of the largest singular
+    value); the cores come back in float64.
+    """
+    exact = MPO.from_matrix(matrix.to(work_dtype), out_modes, in_modes, gauge="right").to(dtype=torch.float64)
+    if "max_params" in criterion:
+        dims = exact._dims_for_max_params(criterion["max_params"])
+    else:
+        dims = [min(c, d) for c, d in zip(criterion["max_bond"], exact.bond_dims)]
+    dims = list(shapes.consistent_bond_dims(out_modes, in_modes, dims))
+    if len(dims) != 1:
+        return exact.truncate(max_bond=dims)
+    d = dims[0]
+    return MPO(cores=(exact.cores[0][..., :d].contiguous(), exact.cores[1][:d].contiguous()), shape=exact.shape,
+               singular_values=(exact.singular_values[0][:d],), gauge="right",
+               error_bound=exact.truncation_bound(dims), reference_norm=exact.reference_norm)
+
+
 def _init_whitened(prob: _Problem, criterion: dict):
     """TT-SVD of the whitened ``W K`` at ``criterion``, un-whitened: ``(cores, f, init name, bond dims)``.
 
     ``criterion`` is ``{"max_params": n}`` or ``{"max_bond": [d_1, ..]}``; the bonds come from the whitened spectra.
     """
     Wt = mode_multiply(prob.W, prob.factors, prob.in_modes)
-    white = MPO.from_matrix(Wt, prob.out_modes, prob.in_modes, gauge="right", **criterion)
-    cores = [_times_in(c, Li) for c, Li in zip(white.cores, prob.inv_factors)]
+    white = _tt_svd(Wt, prob.out_modes, prob.in_modes, criterion, prob.stats.work_dtype)
+    cores = [_divide_in(c, L) for c, L in zip(white.cores, prob.factors)]
     name = "tt-svd" if prob.stats.identity else ("whitened" if prob.exact else "kron-whitened")
     return cores, prob.objective(cores), name, list(white.bond_dims)
 
 
+def _divide_in(core: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
+    """Core ``(a, o, j, b)`` with its in index multiplied by ``L^{-1}`` (``L`` lower triangular, or a vector):
+    a triangular solve, no inverse formed."""
+    a, o, j, b = core.shape
+    if L.dim() == 1:
+        safe = torch.where(L > 0, L, torch.ones_like(L))
+        return torch.where(L.reshape(1, 1, -1, 1) > 0, core / safe.reshape(1, 1, -1, 1), torch.zeros_like(core))
+    X = core.permute(0, 1, 3, 2).reshape(-1, j)  # (a o b, j)
+    X = torch.linalg.solve_triangular(L, X, upper=False, left=False)  # X L^{-1}
+    return X.reshape(a, o, b, j).permute(0, 1, 3, 2).contiguous()
+
+
 def _init_plain(prob: _Problem, dims: Sequence[int]):
     """Plain TT-SVD of ``W`` at the bonds ``dims``: ``(cores, f)``, or None when it cannot reach them."""
-    plain = MPO.from_matrix(prob.W, prob.out_modes, prob.in_modes, gauge="right", max_bond=list(dims))
+    plain = _tt_svd(prob.W, prob.out_modes, prob.in_modes, {"max_bond": list(dims)}, prob.stats.work_dtype)
     cores = list(plain.cores)
     if [int(c.shape[3]) for c in cores[:-1]] != list(dims):
         return None
@@ -548,8 +607,8 @@ def _init(prob: _Problem, criterion: dict, which: str = "best"):
 def _finish(prob: _Problem, cores: Sequence[torch.Tensor], f: float, gauge: str, dtype, transposed: bool) -> MPO:
     """The MPO in ``gauge`` with data-aware spectra (Schmidt values in whitened coordinates), in ``dtype``."""
     whitened = [_times_in(c, L) for c, L in zip(cores, prob.factors)]
-    canon = MPO.from_cores(whitened, gauge=gauge)
-    out = [_times_in(c, Li) for c, Li in zip(canon.cores, prob.inv_factors)]
+    canon = MPO.from_cores([c.to(prob.stats.work_dtype) for c in whitened], gauge=gauge).to(dtype=torch.float64)
+    out = [_divide_in(c, L) for c, L in zip(canon.cores, prob.factors)]
     shape = prob.stats.shape
     if transposed:
         out = [c.permute(0, 2, 1, 3) for c in out]
@@ -580,12 +639,14 @@ def _prepare(W: torch.Tensor, C, row_weights) -> tuple[_Stats, bool]:
     _check_matrix("W", W)
     check_stats(W, C, row_weights)
     W64 = W.detach().to(torch.float64)
+    work = torch.float64 if W.dtype == torch.float64 else torch.float32
     if row_weights is not None:
-        stats = _Stats(W64.T.contiguous(), Metric.of(W.shape[0], None, row_weights.detach()), identity=False)
+        stats = _Stats(W64.T.contiguous(), Metric.of(W.shape[0], None, row_weights.detach()), identity=False,
+                       work_dtype=work)
         transposed = True
     else:
         stats = _Stats(W64, Metric.of(W.shape[1], None if C is None else C.detach(), device=W.device),
-                       identity=C is None)
+                       identity=C is None, work_dtype=work)
         transposed = False
     if stats.f0 <= 0.0:
         raise ValueError("W has zero output under these statistics (tr(W C W^T) = 0): nothing to fit; "
@@ -706,8 +767,7 @@ def truncate_fit(fit: FitResult, max_bond=None, rel_error=None, max_params=None)
     shape = fit.mpo.shape if not fit.transposed else (fit.mpo.shape[1], fit.mpo.shape[0])
     base = MPO.from_cores(whitened, shape=shape, gauge=fit.mpo.gauge)
     cut = base.truncate(max_bond=max_bond, rel_error=rel_error, max_params=max_params)
-    inv = invert_factors(fit.factors)
-    out = [_times_in(c, Li) for c, Li in zip(cut.cores, inv)]
+    out = [_divide_in(c.double(), L) for c, L in zip(cut.cores, fit.factors)]
     if fit.transposed:
         out = [c.permute(0, 2, 1, 3) for c in out]
     return MPO(cores=tuple(c.contiguous().to(dtype) for c in out), shape=fit.mpo.shape,

@@ -19,7 +19,6 @@ Methods are registered in :data:`METHODS` (name -> function); :data:`NEEDS` says
 
 from __future__ import annotations
 
-import math
 import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, field
