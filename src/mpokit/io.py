@@ -157,6 +157,30 @@ def _attach_saved_weight(old: nn.Module, entry: dict, conv) -> None:
         raise CheckpointError(f"the checkpoint's MPO weight of {entry['name']!r} does not match the model: {e}") from None
 
 
+def pruned_modules(model: nn.Module) -> list[str]:
+    """Names of the modules whose ``weight`` carries a ``torch.nn.utils.prune`` mask (``weight_orig * weight_mask``)."""
+    from torch.nn.utils import prune
+
+    return [n for n, m in model.named_modules() if prune.is_pruned(m) and hasattr(m, "weight_mask")]
+
+
+def apply_pruning(model: nn.Module, names: list[str]) -> None:
+    """Give the modules ``names`` a pruning mask slot (``weight_orig`` / ``weight_mask``, values not set), so a
+    pruned checkpoint loads with its masks and its zeros stay zero through later fine-tuning."""
+    from torch.nn.utils import prune
+
+    for name in names:
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            raise CheckpointError(f"the checkpoint has a pruned module {name!r} but the model has no such module; "
+                                  "the model (config.json or model=) and mpo_config.json do not belong together") from None
+        if not isinstance(getattr(module, "weight", None), torch.Tensor):
+            raise CheckpointError(f"the checkpoint's pruned module {name!r} has no weight in the model it is loaded into")
+        if not prune.is_pruned(module):
+            prune.identity(module, "weight")
+
+
 def apply_structure(model: nn.Module, manifest: list[dict]) -> None:
     """Convert the dense modules named in ``manifest`` to MPO modules of the saved structure (values not set)."""
     for entry in manifest:
@@ -386,6 +410,9 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, *, tokenizer
         "aliases": aliases,
         "trainable": sorted(n for n, p in model.named_parameters() if p.requires_grad),
     }
+    pruned = pruned_modules(model)
+    if pruned:
+        meta["pruned"] = pruned
     json.dumps(meta)  # a field that is not JSON fails here, before anything is written
     commit_file_set(directory, MPO_CONFIG_NAME, blobs, meta, stale_roles=(WEIGHTS_NAME, CONFIG_NAME))
     (directory / WEIGHTS_NAME).unlink(missing_ok=True)  # the fixed-name weights of a format-1/2 save
@@ -694,6 +721,7 @@ def from_pretrained(directory: str | os.PathLike, model: nn.Module | None = None
     if dtype is not None:
         model = model.to(dtype=dtype)
     apply_structure(model, meta["modules"])
+    apply_pruning(model, meta.get("pruned", []))
     assign = any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers()))
     tied = _tied_groups(model) if assign else []
     if assign:

@@ -15,8 +15,9 @@ matrix is then approximated by ``--method`` (default ``mpo-aware``; also ``mpo``
 ``magnitude``, ``2:4``, ``wanda``) and ``--budget F`` is one global budget over the targeted matrices, split
 by ``--allocation`` (default ``global``: where the output error falls most per parameter). The report adds,
 per matrix, the method, the layout, the relative output error under the calibration data and the weight
-error, and the timings of loading, calibration and fitting. Pruning methods save the pruned weights (their
-zeros) in a dense checkpoint.
+error, and the timings of loading, calibration and fitting. Pruning methods save each pruned weight with its
+mask (``weight_orig`` and ``weight_mask``, restored by :func:`mpokit.from_pretrained`), so fine-tuning the
+checkpoint keeps the zeros.
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     source = resolve_model_source(args.model, default=None)
-    if identify_source(source).kind == "mpokit":  # before reading the data or any weights
+    if identify_source(source).kind == "mpokit" and _holds_mpo_modules(source):  # before reading data or weights
         raise ValueError(f"--model {args.model} is already an mpokit (MPO) checkpoint; compress its dense source model "
                          f"instead, or fine-tune this one: mpokit finetune --model {args.model} --data ...")
     task, kwargs = args.task, {}
@@ -116,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     seconds, cpu = {"load": time.perf_counter() - t0}, {"load": time.process_time() - c0}
     if loaded.info.get("mpo"):
         raise ValueError(f"{args.model} already holds MPO layers; compress its dense source model instead")
-    from ..io import check_save_target, save_pretrained
+    from ..io import check_save_target, pruned_modules, save_pretrained
 
     stats, calibration_info = None, None
     if calibration is not None:
@@ -135,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
     model, report = compress(loaded.model, config, calibration=stats, return_report=True, progress=not args.no_progress)
     seconds["compress"], cpu["compress"] = time.perf_counter() - t0, time.process_time() - c0
     seconds.update({f"compress_{k}": v for k, v in report.seconds.items() if k != "calibration"})
-    pruned = _fold_masks(model)
+    pruned = pruned_modules(model)  # saved with their masks: fine-tuning the checkpoint keeps the zeros
     save_pretrained(model, out, tokenizer=loaded.tokenizer, overwrite=args.overwrite)
     summary = {"model": str(source), "task": loaded.info.get("task"), "compress_seconds": seconds["compress"],
                "calibration_data": calibration_info, "pruned_modules": pruned, "config": config.to_dict(),
@@ -150,8 +151,8 @@ def run(args: argparse.Namespace) -> int:
           f"{report.model_params_before:,} -> {report.model_params_after:,} parameters; checkpoint: {out} "
           f"(mpokit finetune --model {out} ...)")
     if pruned:
-        print(f"{len(pruned)} pruned matrices are saved with their zeros in dense weights; the masks are not part of "
-              "the checkpoint, so fine-tuning it does not keep the zeros")
+        print(f"{len(pruned)} pruned matrices are saved with their masks (weight_orig * weight_mask), so fine-tuning "
+              "the checkpoint keeps their zeros")
     return 0
 
 
@@ -203,15 +204,14 @@ def _config(args):
                      embedding=embedding, attention=layer, ffn=layer, other=layer, trainable=args.trainable, **extra)
 
 
-def _fold_masks(model) -> list[str]:
-    """Fold every pruning mask into a plain weight (the zeros stay) so the checkpoint loads as a dense model."""
-    from torch.nn.utils import prune
+def _holds_mpo_modules(folder) -> bool:
+    """Whether an mpokit checkpoint holds MPO (or pruned) modules; a dense model saved by mpokit (e.g. the
+    ``best/`` folder of ``mpokit finetune --method full``) compresses like any transformers folder."""
+    from pathlib import Path
 
-    names = [n for n, m in model.named_modules() if prune.is_pruned(m) and hasattr(m, "weight_mask")]
-    from ..baselines.pruning import make_pruning_permanent_
+    from ..io import _read_meta
 
-    make_pruning_permanent_(model)
-    return names
+    return bool(_read_meta(Path(folder)).get("modules"))
 
 
 def _embedding_budget(args) -> dict:
