@@ -443,9 +443,8 @@ def compress(model: nn.Module, config: MPOConfig | None = None, *, calibration=N
     any other method, or a ``budget``, runs the data-aware path (:func:`_compress_aware`): each matrix is
     approximated by :func:`mpokit.aware.approximate` at its share of the budget; MPO results (mpo, mpo-aware,
     svd, svd-whitened) become MPO modules, pruning results keep the dense module with a
-    ``torch.nn.utils.prune`` mask (zeros stay zero through fine-tuning; nonzeros are counted as its parameters;
-    fold the masks with :func:`mpokit.baselines.pruning.make_pruning_permanent_` before :func:`mpokit.save_pretrained`,
-    whose checkpoints hold plain weights). ``progress`` shows bars for calibration and fitting.
+    ``torch.nn.utils.prune`` mask (zeros stay zero through fine-tuning, and :func:`mpokit.save_pretrained` keeps
+    the masks; nonzeros are counted as its parameters). ``progress`` shows bars for calibration and fitting.
     """
     import time
 
