@@ -35,6 +35,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .method_comparison import _ms
+
 __all__ = ["Preset", "PRESETS", "run_all", "aggregate", "main"]
 
 METHODS = ("mpo", "mpo-aware", "svd", "svd-whitened", "magnitude", "2:4", "wanda")
@@ -169,15 +171,6 @@ def _test_metric(metrics: dict, name: str) -> float | None:
     splits = metrics.get("splits", {})
     split = splits.get("test") or next(iter(splits.values()), {})
     return split.get(name)
-
-
-def _ms(values: list[float], scale: float, digits: int) -> str:
-    vals = [v * scale for v in values if v is not None]
-    if not vals:
-        return "-"
-    if len(vals) == 1:
-        return f"{vals[0]:.{digits}f}"
-    return f"{statistics.mean(vals):.{digits}f} ± {statistics.stdev(vals):.{digits}f}"
 
 
 def _rows(report: dict) -> list[dict]:
