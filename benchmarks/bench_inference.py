@@ -9,6 +9,8 @@ causal LM whose head is tied to the word embedding), each as
   to 50% / 25% of its dense parameters (``MPOLayerConfig(param_ratio=...)``, as ``mpokit compress --budget``),
   saved once with ``mpokit.save_pretrained`` and loaded with ``mpokit.from_pretrained``, under every inference
   policy of ``--policies`` (``mpokit.inference.set_inference_mode``);
+* ``svd50`` / ``svd25`` (``--methods mpo,svd``): the same matrices as truncated SVDs, i.e. MPOs of the 2-core
+  low-rank layout (``MPOConfig(method="svd")``), whose contraction is two thin matmuls and never forms ``W``;
 * ``merged50`` / ``merged25``: the compressed model merged back to dense (``mpokit.merge_and_unload``), saved and
   loaded as a transformers model.
 
@@ -60,6 +62,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "runs" / "bench_inference_cache"
+COMPRESSED = ("mpo", "svd")  # methods of the compressed variants (mpokit.aware.METHODS keys)
 POLICIES = ("cache", "stream", "contract", "auto")
 RATIOS = (0.5, 0.25)
 TIMES = ("load_s", "s_per_batch", "prefill_s", "gen_s")  # per case, the minimum over --rounds
@@ -165,7 +168,7 @@ def _load(case: dict):
     import mpokit
 
     device = case["device"]
-    if case["variant"].startswith("mpo"):
+    if case["variant"].startswith(COMPRESSED):
         policy = case["policy"]
         model = mpokit.from_pretrained(case["folder"], device=device)
         if policy is not None:
@@ -291,7 +294,8 @@ def prepare(job: dict) -> None:
         cls = T.AutoModelForCausalLM if spec.lm else T.AutoModel
         model = cls.from_pretrained(job["source"], dtype=torch.float32).eval()
         layer = mpokit.MPOLayerConfig(param_ratio=job["ratio"])
-        config = mpokit.MPOConfig(attention=layer, ffn=layer, other=layer, embedding=layer)
+        config = mpokit.MPOConfig(attention=layer, ffn=layer, other=layer, embedding=layer,
+                                  method=job.get("method", "mpo"))
         start = time.perf_counter()
         model, report = mpokit.compress(model, config, return_report=True)
         seconds = time.perf_counter() - start
@@ -339,17 +343,20 @@ def _subprocess(flag: str, payload: dict, timeout: float | None, memory_env: boo
     return json.loads(lines[-1]) if lines else {}
 
 
-def ensure_checkpoints(spec: ModelSpec, ratios, random_weights: bool, timeout: float | None) -> dict[str, Path]:
+def ensure_checkpoints(spec: ModelSpec, ratios, random_weights: bool, timeout: float | None,
+                       methods=("mpo",)) -> dict[str, Path]:
     """``{variant: folder}``, writing what is missing into :data:`CACHE`."""
     folders = {"dense": _dense_folder(spec, random_weights)}
     suffix = "-random" if random_weights else ""
-    for r in ratios:
-        folders[f"mpo{round(r * 100)}"] = CACHE / f"{spec.key}{suffix}-mpo{round(r * 100)}"
-        folders[f"merged{round(r * 100)}"] = CACHE / f"{spec.key}{suffix}-merged{round(r * 100)}"
     jobs = [("dense", folders["dense"], {})]
     for r in ratios:
-        jobs.append(("mpo", folders[f"mpo{round(r * 100)}"], {"ratio": r, "source": str(folders["dense"])}))
-        jobs.append(("merged", folders[f"merged{round(r * 100)}"], {"source": str(folders[f"mpo{round(r * 100)}"])}))
+        pct = round(r * 100)
+        for method in methods:
+            folders[f"{method}{pct}"] = CACHE / f"{spec.key}{suffix}-{method}{pct}"
+            jobs.append(("mpo", folders[f"{method}{pct}"], {"ratio": r, "method": method, "source": str(folders["dense"])}))
+        if "mpo" in methods:
+            folders[f"merged{pct}"] = CACHE / f"{spec.key}{suffix}-merged{pct}"
+            jobs.append(("merged", folders[f"merged{pct}"], {"source": str(folders[f"mpo{pct}"])}))
     for kind, folder, extra in jobs:
         if _prepared(folder):
             continue
@@ -511,6 +518,9 @@ def main(argv=None) -> int:
                         help="comma-separated inference policies of the compressed models, from: " + ", ".join(POLICIES))
     parser.add_argument("--ratios", default=",".join(map(str, RATIOS)),
                         help="comma-separated parameter fractions of the compressed variants (default 0.5,0.25)")
+    parser.add_argument("--methods", default="mpo",
+                        help="comma-separated compression methods of the compressed variants, from: "
+                             + ", ".join(COMPRESSED) + " (default mpo: TT-SVD; svd: the 2-core low-rank layout)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per case (default: torch's choice)")
     parser.add_argument("--reps", type=int, default=None, help="timed repetitions per workload (default 3, --quick 1)")
@@ -543,7 +553,9 @@ def main(argv=None) -> int:
         return 0
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
-    bad = [m for m in models if m not in MODELS] + [p for p in policies if p not in POLICIES]
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    bad = ([m for m in models if m not in MODELS] + [p for p in policies if p not in POLICIES]
+           + [m for m in methods if m not in COMPRESSED])
     if bad:
         parser.error(f"unknown model or policy {bad}; models: {sorted(MODELS)}, policies: {POLICIES}")
     try:
@@ -563,11 +575,14 @@ def main(argv=None) -> int:
     rows, onnx_rows = [], []
     for key in models:
         spec = MODELS[key]
-        folders = ensure_checkpoints(spec, ratios, args.random_weights, args.timeout)
+        folders = ensure_checkpoints(spec, ratios, args.random_weights, args.timeout, methods)
         cases = [("dense", None)]
         for r in ratios:
             pct = round(r * 100)
-            cases += [(f"mpo{pct}", p) for p in policies] + [(f"merged{pct}", None)]
+            for method in methods:
+                cases += [(f"{method}{pct}", p) for p in policies]
+            if "mpo" in methods:
+                cases.append((f"merged{pct}", None))
         done: dict[tuple, dict] = {}
         for round_ in range(args.rounds):  # later rounds keep each time's minimum: load drifts on a shared machine
             for variant, policy in cases:

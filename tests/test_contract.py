@@ -118,9 +118,10 @@ def test_inference_plans_may_peak_at_twice_the_rebuild_plan_and_no_more():
 
 
 @pytest.mark.parametrize("order", ["LLLL", "RRRL"])
-def test_sweep_steps_bmm_and_folded_matmul_agree_and_gradcheck(monkeypatch, order):
-    """Both implementations of a batched sweep step (bmm over the broadcast core, torch.matmul's fold)
-    give the dense product in float64 and pass gradcheck."""
+@pytest.mark.parametrize("kind", ["matmul", "bmm", "transposed"])
+def test_sweep_step_implementations_agree_and_gradcheck(monkeypatch, order, kind):
+    """Every implementation of a batched sweep step (torch.matmul's fold, bmm over the broadcast core,
+    the transposed product) gives the dense product in float64 and passes gradcheck."""
     gen = torch.Generator().manual_seed(3)
     out_modes, in_modes, bonds = (2, 3, 2, 2), (4, 2, 3, 2), (2, 3, 2)
     dims = (1, *bonds, 1)
@@ -128,22 +129,26 @@ def test_sweep_steps_bmm_and_folded_matmul_agree_and_gradcheck(monkeypatch, orde
              for k in range(4)]
     x = torch.randn(5, math.prod(in_modes), generator=gen, dtype=torch.float64, requires_grad=True)
     expected = x @ rebuild_matrix(cores).T
-    for use_bmm in (True, False):
-        monkeypatch.setattr(contract, "_batched_beats_folded", lambda state, a, rest, use=use_bmm: use)
-        torch.testing.assert_close(contract.sweep(x, cores, order), expected, rtol=1e-12, atol=1e-12)
-        assert torch.autograd.gradcheck(lambda x, *c: contract.sweep(x, c, order), (x, *cores))
+    chosen = []
+    monkeypatch.setattr(contract, "_step_kind", lambda state, a, rest: chosen.append(kind) or kind)
+    torch.testing.assert_close(contract.sweep(x, cores, order), expected, rtol=1e-12, atol=1e-12)
+    assert chosen  # the batched steps ran through the patched choice
+    assert torch.autograd.gradcheck(lambda x, *c: contract.sweep(x, c, order), (x, *cores))
 
 
-def test_batched_step_rule():
-    """The rule behind the choice (measured in benchmarks/bench_steps.py): bmm for long rows, the fold
-    for short ones; training needs longer rows than inference; non-CPU devices keep torch.matmul."""
+def test_sweep_step_rule():
+    """The rule behind the choice (measured in benchmarks/bench_steps.py): the transposed product for
+    rows shorter than 16, bmm for longer ones; in training bmm only while the core's rows m <= rest
+    (its per-entry gradient transient); non-CPU devices keep torch.matmul."""
     core = torch.nn.Parameter(torch.randn(8, 12))
     state = torch.randn(10, 12, 6)
     with torch.no_grad():
-        assert contract._batched_beats_folded(state, core, 6)
-        assert not contract._batched_beats_folded(state, core, 2)
-    assert not contract._batched_beats_folded(state, core, 6)  # training: fold until rest 12
-    assert contract._batched_beats_folded(state, core, 12)
-    assert contract._batched_beats_folded(state, torch.randn(4, 8), 16)
-    assert not contract._batched_beats_folded(state, torch.nn.Parameter(torch.randn(64, 384)), 12)  # grad transient > state
-    assert not contract._batched_beats_folded(state.to("meta"), core, 32)
+        assert contract._step_kind(state, core, 2) == "transposed"
+        assert contract._step_kind(state, core, 15) == "transposed"
+        assert contract._step_kind(state, core, 16) == "bmm"
+        assert contract._step_kind(state, torch.randn(2304, 144), 16) == "bmm"
+    assert contract._step_kind(state, core, 6) == "transposed"
+    assert contract._step_kind(state, core, 16) == "bmm"
+    assert contract._step_kind(state, torch.nn.Parameter(torch.randn(64, 384)), 32) == "matmul"  # grad transient > state
+    assert contract._step_kind(state.to("meta"), core, 32) == "matmul"
+    assert contract._step_kind(state.to("meta"), core, 4) == "matmul"

@@ -35,7 +35,7 @@ import itertools
 import math
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 
@@ -50,6 +50,9 @@ __all__ = [
     "join_halves_into",
     "merge_groups",
     "sweep",
+    "prepare_sweep",
+    "run_sweep",
+    "PreparedSweep",
     "contraction_flops",
     "rebuild_flops",
     "dense_flops",
@@ -71,7 +74,10 @@ class ContractionPlan:
         flops: ``2 * multiply-adds`` of all steps.
         peak_elements: largest ``input + output`` of a single step (inference peak, excluding ``x``'s owner).
         saved_elements: sum of the step inputs after the first, i.e. the intermediates autograd keeps for backward.
-        moved_elements: elements read and written by the steps (pure orders run copy-free).
+        moved_elements: elements of the state read and written by the steps (pure orders run copy-free).
+        core_elements: elements of the cores the steps read (every call reads every core once).
+        prepare_elements: elements of the cores :func:`prepare_sweep` copies into step matrices (the cores of
+            left-to-right steps; right-to-left steps use views). Free when the prepared sweep is cached.
     """
 
     order: str
@@ -79,6 +85,8 @@ class ContractionPlan:
     peak_elements: int
     saved_elements: int
     moved_elements: int = 0
+    core_elements: int = 0
+    prepare_elements: int = 0
 
 
 def _dims(bond_dims: Sequence[int]) -> tuple[int, ...]:
@@ -99,7 +107,8 @@ def order_cost(
     dims = _dims(bond_dims)
     a = b = 0
     size = tokens * math.prod(in_modes)  # x
-    flops = peak = saved = moved = 0
+    flops = peak = saved = moved = core_reads = prepared = 0
+    pure_left = n > 1 and set(order[:-1]) <= {"L"}
     for step, side in enumerate(order):
         k = a if side == "L" else n - 1 - b
         last = step == n - 1
@@ -114,6 +123,10 @@ def order_cost(
             contracted = right * j * (left if last else 1)
             out_size = size // contracted * i * (1 if last else dims[k])
         flops += 2 * out_size * contracted
+        core = dims[k] * i * j * dims[k + 1]
+        core_reads += core
+        if pure_left:
+            prepared += core  # core (d, i, j, e) -> (i e, d j): a permuted copy
         peak = max(peak, size + out_size)
         moved += size + out_size
         if step > 0:
@@ -123,7 +136,7 @@ def order_cost(
             a += 1
         else:
             b += 1
-    return ContractionPlan(order, flops, peak, saved, moved)
+    return ContractionPlan(order, flops, peak, saved, moved, core_reads, prepared)
 
 
 def _pure_orders(n: int) -> list[str]:
@@ -148,6 +161,11 @@ def _groupings(n: int) -> list[tuple[tuple[int, int], ...]]:
 ALPHA = 64
 """FLOP-equivalents charged per tensor element read or written (CPU: a dense matmul
 runs at ~100 GFLOP/s per core while memory moves ~2 G elements/s)."""
+
+STEP_COST = 500_000
+"""FLOP-equivalents charged per kernel a plan runs (a sweep step, a merge join): the fixed
+dispatch cost of one small matmul from Python, ~5 us on one CPU core, which decides
+one-token calls (a decode step) where every kernel is tiny."""
 
 
 @dataclass(frozen=True)
@@ -181,12 +199,15 @@ class ApplyPlan:
         return self.merge_flops + self.sweep_flops
 
     def estimated_cost(self, merged_cached: bool = False) -> float:
-        """``flops + ALPHA * elements moved``; merging is free when ``merged_cached``."""
-        merge = 0 if merged_cached else self.merge_flops + ALPHA * 2 * self.merge_elements
-        moved = self.sweep.moved_elements
+        """``flops + ALPHA * elements moved + STEP_COST * kernels``; merging (and preparing the
+        sweep's step matrices) is free when ``merged_cached``."""
+        joins = sum(b - a - 1 for a, b in self.groups)
+        merge = 0 if merged_cached else (self.merge_flops + ALPHA * (2 * self.merge_elements + 2 * self.sweep.prepare_elements)
+                                         + STEP_COST * joins)
         if self.path == "rebuild":  # F.linear: reads x and W, writes y; no permutation copies
-            moved = self.sweep.peak_elements + self.merge_elements
-        return merge + self.sweep_flops + ALPHA * moved
+            return merge + self.sweep_flops + ALPHA * (self.sweep.peak_elements + self.merge_elements) + STEP_COST
+        moved = self.sweep.moved_elements + self.sweep.core_elements
+        return merge + self.sweep_flops + ALPHA * moved + STEP_COST * len(self.groups)
 
 
 @lru_cache(maxsize=8192)
@@ -444,6 +465,39 @@ def merge_groups(cores: Sequence[torch.Tensor], groups: Sequence[tuple[int, int]
     return [merge_cores(cores[a:b]) if b - a > 1 else cores[a] for a, b in groups]
 
 
+class PreparedSweep(NamedTuple):
+    """A sweep ready to run on any input (:func:`prepare_sweep`); a layer may cache it under no-grad.
+
+    ``direction``: ``"L"`` (left to right), ``"R"`` (right to left) or the mixed order (einsum).
+    ``operands``: per step in step order, the ``(m, k)`` matrix of :func:`_step` (pure orders) or the core (mixed).
+    ``modes``: per step, the core's ``(i, j)``.
+    """
+
+    direction: str
+    operands: tuple
+    modes: tuple
+
+
+def prepare_sweep(cores: Sequence[torch.Tensor], order: str) -> PreparedSweep:
+    """The step matrices of :func:`sweep` over ``cores`` in ``order`` (differentiable in the cores).
+
+    Left to right, core ``(d, i, j, e)`` becomes ``(i e, d j)``, a permuted copy; right to left it becomes
+    ``(d i, j e)``, a view. Mixed orders keep the cores.
+    """
+    n = len(cores)
+    if len(order) != n or set(order) - {"L", "R"}:
+        raise ValueError(f"order must be {n} letters from 'L'/'R', got {order!r}; e.g. {'L' * n!r}")
+    order = order[:-1] + "L"  # one core left: taking it from either end is the same contraction
+    modes = tuple((int(c.shape[1]), int(c.shape[2])) for c in cores)
+    if set(order[:-1]) <= {"L"}:
+        mats = tuple(c.permute(1, 3, 0, 2).reshape(c.shape[1] * c.shape[3], c.shape[0] * c.shape[2]) for c in cores)
+        return PreparedSweep("L", mats, modes)
+    if set(order[:-1]) == {"R"}:
+        mats = tuple(c.reshape(c.shape[0] * c.shape[1], c.shape[2] * c.shape[3]) for c in reversed(cores))
+        return PreparedSweep("R", mats, modes[::-1])
+    return PreparedSweep(order, tuple(cores), modes)
+
+
 def sweep(x: torch.Tensor, cores: Sequence[torch.Tensor], order: str) -> torch.Tensor:
     """Contract ``x (tokens, J)`` with ``cores`` one at a time in ``order``; returns ``(tokens, I)``.
 
@@ -451,17 +505,18 @@ def sweep(x: torch.Tensor, cores: Sequence[torch.Tensor], order: str) -> torch.T
     step is one matmul of a small core matrix with a view of the state, whose layout keeps the summed
     indices adjacent (a plain matmul, or a bmm over the broadcast core; see :func:`_step` for when
     ``torch.matmul``'s fold, which copies, is used instead). Mixed orders run through einsum (correct,
-    but each step copies the state).
+    but each step copies the state). Same as ``run_sweep(x, prepare_sweep(cores, order))``.
     """
-    n = len(cores)
-    if len(order) != n or set(order) - {"L", "R"}:
-        raise ValueError(f"order must be {n} letters from 'L'/'R', got {order!r}; e.g. {'L' * n!r}")
-    order = order[:-1] + "L"  # one core left: taking it from either end is the same contraction
-    if set(order[:-1]) <= {"L"}:
-        return _sweep_left(x, cores)
-    if set(order[:-1]) == {"R"}:
-        return _sweep_right(x, cores)
-    return _sweep_einsum(x, cores, order)
+    return run_sweep(x, prepare_sweep(cores, order))
+
+
+def run_sweep(x: torch.Tensor, prepared: PreparedSweep) -> torch.Tensor:
+    """:func:`sweep` with its step matrices prepared (:func:`prepare_sweep`): ``x (tokens, J)`` -> ``(tokens, I)``."""
+    if prepared.direction == "L":
+        return _sweep_left(x, prepared)
+    if prepared.direction == "R":
+        return _sweep_right(x, prepared)
+    return _sweep_einsum(x, prepared.operands, prepared.direction)
 
 
 def _step(state: torch.Tensor, batch: int, k: int, rest: int, a: torch.Tensor) -> torch.Tensor:
@@ -470,57 +525,71 @@ def _step(state: torch.Tensor, batch: int, k: int, rest: int, a: torch.Tensor) -
         # (batch, k) @ (k, m) -> (batch, m): one plain matmul
         return state.reshape(batch, k) @ a.T
     state = state.reshape(batch, k, rest)
-    if _batched_beats_folded(state, a, rest):
+    return _step_as(_step_kind(state, a, rest), state, batch, k, rest, a)
+
+
+def _step_as(kind: str, state: torch.Tensor, batch: int, k: int, rest: int, a: torch.Tensor) -> torch.Tensor:
+    """:func:`_step` by one implementation (``"matmul"``, ``"bmm"`` or ``"transposed"``, see :func:`_step_kind`)."""
+    state = state.reshape(batch, k, rest)
+    if kind == "bmm":
         # (batch, m, k) @ (batch, k, rest) -> (batch, m, rest): one bmm over a stride-0 view of the core, no copies
         return torch.bmm(a.expand(batch, *a.shape), state)
+    if kind == "transposed":
+        # (batch, rest, k) contiguous @ (k, m) view -> (batch, rest, m), returned as its (batch, m, rest) view
+        return torch.matmul(state.transpose(1, 2).contiguous(), a.T).transpose(1, 2)
     # torch.matmul folds the batch into one big matmul when it likes: copies of the state in and out
     return torch.matmul(a, state)
 
 
-def _batched_beats_folded(state: torch.Tensor, a: torch.Tensor, rest: int) -> bool:
-    """CPU: a batch of small matmuls (bmm) against ``torch.matmul``'s folding of ``(batch, k, rest)``
-    into one ``(batch * rest, k)`` matmul, which copies the state transposed and the result back.
-    ``torch.matmul`` folds whenever ``a`` requires grad, even under ``no_grad``. Measured on one core
-    (``benchmarks/bench_steps.py``, BENCHMARKS.md): in inference bmm takes 0.2-0.6x the time once
-    ``rest >= 6`` and both core sides are >= 8 (0.7-0.85x at ``rest = 4`` for cores of >= 256 elements);
-    in training (forward + backward) 0.5-0.95x once ``rest >= 12``, and about even at ``rest = 8``. Tiny
-    cores (4 x 8) gain only from ``rest >= 16``. Training also needs ``m <= rest``: bmm's backward forms
-    the core's gradient per batch entry, ``(batch, m, k)`` elements, before summing; with ``m <= rest``
-    that transient is no larger than the state ``(batch, k, rest)`` that backward keeps anyway (measured:
-    without this bound one 3072 -> 768 training step at 512 tokens peaked at 2.3x nn.Linear's memory).
+def _step_kind(state: torch.Tensor, a: torch.Tensor, rest: int) -> str:
+    """Which implementation of a sweep step runs: ``"transposed"``, ``"bmm"`` or ``"matmul"``.
+
+    CPU, measured on one core by ``benchmarks/bench_steps.py`` (BENCHMARKS.md, "One sweep step"):
+
+    * rows shorter than 16 (``rest < 16``): ``"transposed"`` (the state transposed into a contiguous
+      copy, times the core's transposed view). CPU GEMM kernels run a short right-hand side
+      ``(k, rest)`` several times slower than the same product with the short side on the left; the
+      copy costs one pass over the state.
+    * longer rows: a batch of small matmuls (bmm) against ``torch.matmul``'s folding of
+      ``(batch, k, rest)`` into one ``(batch * rest, k)`` matmul, which copies the state transposed and
+      the result back. ``torch.matmul`` folds whenever ``a`` requires grad, even under ``no_grad``. In
+      inference bmm wins once ``rest >= 16``; in training it also needs ``m <= rest``: bmm's backward
+      forms the core's gradient per batch entry, ``(batch, m, k)`` elements, before summing; with
+      ``m <= rest`` that transient is no larger than the state ``(batch, k, rest)`` that backward keeps
+      anyway (measured: without this bound one 3072 -> 768 training step at 512 tokens peaked at 2.3x
+      nn.Linear's memory).
+
     Other devices keep ``torch.matmul`` (not measured)."""
     if state.device.type != "cpu":
-        return False
-    m, k = a.shape
+        return "matmul"
+    if rest < 16:
+        return "transposed"
+    m, _ = a.shape
     if torch.is_grad_enabled() and (a.requires_grad or state.requires_grad):
-        return m <= rest and (rest >= 16 or (min(m, k) >= 8 and rest >= 12))
-    return rest >= 16 or (min(m, k) >= 8 and rest >= 6) or (m * k >= 256 and rest >= 4)
+        return "bmm" if m <= rest else "matmul"
+    return "bmm"
 
 
-def _sweep_left(x: torch.Tensor, cores: Sequence[torch.Tensor]) -> torch.Tensor:
+def _sweep_left(x: torch.Tensor, prepared: PreparedSweep) -> torch.Tensor:
     """Left to right. State ``(T, I_<k, d_k, J_>=k)``, contiguous; sums ``(d_k, j_k)``, adjacent in it."""
     tokens = x.shape[0]
     state, rows, rest = x, 1, x.shape[1]
-    for core in cores:
-        d, i, j, e = core.shape
+    for a, (i, j) in zip(prepared.operands, prepared.modes):
         rest //= j
-        # core (d, i, j, e) -> (i e, d j); state (T I_<k, d j, J_>k) -> (T I_<k, i e, J_>k) = (T, I_<=k, e, J_>k)
-        a = core.permute(1, 3, 0, 2).reshape(i * e, d * j)
-        state = _step(state, tokens * rows, d * j, rest, a)
+        # a (i e, d j); state (T I_<k, d j, J_>k) -> (T I_<k, i e, J_>k) = (T, I_<=k, e, J_>k)
+        state = _step(state, tokens * rows, a.shape[1], rest, a)
         rows *= i
     return state.reshape(tokens, rows)
 
 
-def _sweep_right(x: torch.Tensor, cores: Sequence[torch.Tensor]) -> torch.Tensor:
+def _sweep_right(x: torch.Tensor, prepared: PreparedSweep) -> torch.Tensor:
     """Right to left. State ``(T, J_<k, d_k, I_>=k)``, contiguous; sums ``(j_k, d_{k+1})``, adjacent in it."""
     tokens = x.shape[0]
     state, cols, done = x, x.shape[1], 1
-    for core in reversed(cores):
-        d, i, j, e = core.shape
+    for a, (i, j) in zip(prepared.operands, prepared.modes):
         cols //= j
-        # core (d, i, j, e) -> (d i, j e); state (T J_<k, j e, I_>k) -> (T J_<k, d i, I_>k) = (T, J_<k, d, I_>=k)
-        a = core.reshape(d * i, j * e)
-        state = _step(state, tokens * cols, j * e, done, a)
+        # a (d i, j e); state (T J_<k, j e, I_>k) -> (T J_<k, d i, I_>k) = (T, J_<k, d, I_>=k)
+        state = _step(state, tokens * cols, a.shape[1], done, a)
         done *= i
     return state.reshape(tokens, done)
 

@@ -113,6 +113,15 @@ class Workspace:
         return f"Workspace(elements={self.elements}, {held}, allocations={self.allocations})"
 
 
+def _tensor_bytes(value) -> int:
+    """Bytes of the tensors in ``value`` (a tensor, or nested tuples / lists of them; other entries count 0)."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in value)
+    return 0
+
+
 class InferenceOption(NamedTuple):
     """What one inference mode costs a layer (see :meth:`MPOModule.inference_options`).
 
@@ -337,12 +346,7 @@ class MPOModule(nn.Module):
 
     def held_bytes(self) -> int:
         """Bytes of the tensors in the cache now (rebuilt matrices, merged cores)."""
-        total = 0
-        for _, value in self._cache.values():
-            for t in value if isinstance(value, (list, tuple)) else (value,):
-                if isinstance(t, torch.Tensor):
-                    total += t.numel() * t.element_size()
-        return total
+        return sum(_tensor_bytes(value) for _, value in self._cache.values())
 
     # -- inference modes -----------------------------------------------------------
 

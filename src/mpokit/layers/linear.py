@@ -221,9 +221,10 @@ class MPOLinear(MPOModule):
         x2 = x.reshape(-1, self.in_features)
         if J != self.in_features:
             x2 = F.pad(x2, (0, J - self.in_features))
-        # merged cores: kept in the cache under "cache", merged afresh otherwise
-        merged = self.cached(f"merged{plan.groups}", lambda: contract.merge_groups(self.core_list(), plan.groups))
-        y = contract.sweep(x2, merged, plan.order)  # (T, I_padded)
+        # merged cores as step matrices: kept in the cache under "cache", prepared afresh otherwise
+        prepared = self.cached(f"sweep{plan.groups}{plan.order}", lambda: contract.prepare_sweep(
+            contract.merge_groups(self.core_list(), plan.groups), plan.order))
+        y = contract.run_sweep(x2, prepared)  # (T, I_padded)
         if I != self.out_features:
             y = y[:, : self.out_features]
         if self.bias is not None:

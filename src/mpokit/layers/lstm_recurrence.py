@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 import torch
 
-from ..contract import TRAINING_MEMORY_SLACK, merge_groups, mpo_apply, plan_apply, sweep
+from ..contract import TRAINING_MEMORY_SLACK, merge_groups, mpo_apply, plan_apply, prepare_sweep, run_sweep
 
 __all__ = ["lstm_direction", "LSTMRecurrence", "lengths_from_batch_sizes", "packed_to_padded", "padded_to_packed"]
 
@@ -107,7 +107,7 @@ class _StepOperator:
 
     "rebuild": U ``(4H, H)`` dense. "contract": U's cores, with runs of adjacent cores
     merged once (the plan :func:`mpokit.contract.plan_apply` picks for ``batch`` rows,
-    merging cached), then swept per step; ``U^T``'s cores are the same with (i, j) swapped.
+    merging cached) and prepared as step matrices once, then swept per step; ``U^T``'s cores are the same with (i, j) swapped.
     """
 
     def __init__(self, path: str, u_tensors, batch: int):
@@ -121,25 +121,24 @@ class _StepOperator:
         bonds = [int(c.shape[3]) for c in u_tensors[:-1]]
         fwd = plan_apply(out_modes, in_modes, bonds, batch, contract_only=True, merged_cached=True,
                          memory_slack=TRAINING_MEMORY_SLACK)
-        self.merged = merge_groups(list(u_tensors), fwd.groups)
-        self.order = fwd.order
-        merged_t = [m.transpose(1, 2) for m in self.merged]
+        merged = merge_groups(list(u_tensors), fwd.groups)
+        self.prepared = prepare_sweep(merged, fwd.order)
+        merged_t = [m.transpose(1, 2) for m in merged]
         bwd = plan_apply(
             [int(m.shape[1]) for m in merged_t], [int(m.shape[2]) for m in merged_t],
             [int(m.shape[3]) for m in merged_t[:-1]], batch, contract_only=True, merged_cached=True,
         )
-        self.merged_t = merge_groups(merged_t, bwd.groups)
-        self.order_t = bwd.order
+        self.prepared_t = prepare_sweep(merge_groups(merged_t, bwd.groups), bwd.order)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:  # (B, H) -> (B, 4H)
         if self.path == "rebuild":
             return h @ self.u_t
-        return sweep(h, self.merged, self.order)
+        return run_sweep(h, self.prepared)
 
     def transposed(self, g: torch.Tensor) -> torch.Tensor:  # (B, 4H) -> (B, H)
         if self.path == "rebuild":
             return g @ self.u
-        return sweep(g, self.merged_t, self.order_t)
+        return run_sweep(g, self.prepared_t)
 
 
 class LSTMRecurrence(torch.autograd.Function):
