@@ -152,3 +152,15 @@ def test_sweep_step_rule():
     assert contract._step_kind(state, torch.nn.Parameter(torch.randn(64, 384)), 32) == "matmul"  # grad transient > state
     assert contract._step_kind(state.to("meta"), core, 32) == "matmul"
     assert contract._step_kind(state.to("meta"), core, 4) == "matmul"
+
+
+def test_cached_plans_contract_only_when_that_also_saves_flops():
+    """With merged cores cached (inference under "cache"), a one-token call of a high-bond MPO keeps the
+    GEMV over W (the sweep would need more FLOPs than the dense product); a low-rank 2-core layout, whose
+    sweep needs r (I + J) < I J multiply-adds, contracts; pinned contraction (contract_only) is kept."""
+    out_modes, in_modes, bonds = (3, 4, 4, 4, 3), (4, 3, 4, 3, 4), (12, 59, 144, 12)  # 576 x 576 at ~50%
+    plan = contract.plan_apply(out_modes, in_modes, bonds, 1, merged_cached=True)
+    assert plan.path == "rebuild"
+    assert contract.plan_apply(out_modes, in_modes, bonds, 1, merged_cached=True, contract_only=True).path == "contract"
+    low_rank = contract.plan_apply((576, 1), (1, 576), (144,), 1, merged_cached=True)
+    assert low_rank.path == "contract" and low_rank.sweep_flops < contract.dense_flops(576, 576, 1)

@@ -305,7 +305,13 @@ def plan_apply(
     rebuild = next(p for p in plans if len(p.groups) == 1)
     candidates = [p for p in plans if not (contract_only and p.path == "rebuild" and len(out_modes) > 1)]
     fitting = [p for p in candidates if _fits_memory(p, rebuild, training, memory_slack)] or candidates
-    return min(fitting, key=lambda p: (p.estimated_cost(merged_cached), p.flops, p.groups, p.order))
+    best = min(fitting, key=lambda p: (p.estimated_cost(merged_cached), p.flops, p.groups, p.order))
+    if merged_cached and not contract_only and best.path == "contract" and best.sweep_flops >= rebuild.sweep_flops:
+        # With everything cached the choice is between two memory-bound sweeps at few tokens, where the
+        # estimate's memory term decides and is least reliable: one GEMV over W streams it at full speed,
+        # a sweep over merged cores runs several smaller kernels. Contract only when it also needs fewer FLOPs.
+        return rebuild
+    return best
 
 
 def contraction_flops(out_modes: Sequence[int], in_modes: Sequence[int], bond_dims: Sequence[int], tokens: int) -> int:
