@@ -283,6 +283,32 @@ def test_greedy_generation_is_the_same_under_every_policy_and_decode_steps_never
         assert torch.equal(model.generate(prompt, **settings), want)
 
 
+def test_a_low_rank_checkpoint_generates_without_ever_forming_a_matrix(monkeypatch):
+    """Low-rank layout (method "svd": 2 cores per matrix): under "contract", prefill and decode run two thin
+    products per projection; no whole matrix is formed and no layer holds anything, with the tokens of
+    "cache". "auto" contracts the FFN matrices (fewer FLOPs than dense at any token count) and gives the same tokens."""
+    half = MPOLayerConfig(param_ratio=0.5)
+    model = mpokit.compress(_tiny_llama(), MPOConfig(embedding=half, attention=half, ffn=half, method="svd"))
+    linears = [m for m in model.modules() if isinstance(m, MPOLinear)]
+    assert linears and all(m.n_cores == 2 for m in linears)
+    prompt = torch.tensor([[1, 17, 45, 8, 60]])
+    settings = dict(max_new_tokens=8, min_new_tokens=8, do_sample=False)
+    set_inference_mode(model, "cache")
+    with torch.no_grad():
+        want = model.generate(prompt, **settings)
+    set_inference_mode(model, "contract")
+    counts = _count_rebuilds(monkeypatch)
+    with torch.no_grad():
+        got = model.generate(prompt, **settings)
+    assert torch.equal(got, want)
+    assert counts["n"] == 0
+    assert sum(m.held_bytes() for m in model.modules() if isinstance(m, MPOModule)) == 0
+    plan = set_inference_mode(model, "auto")
+    assert all(row.mode == "contract" for row in plan.layers if ".mlp." in row.name), print(plan)
+    with torch.no_grad():
+        assert torch.equal(model.generate(prompt, **settings), want)
+
+
 # ---------------------------------------------------------------------------
 # what is held
 # ---------------------------------------------------------------------------
