@@ -530,8 +530,7 @@ def _step(state: torch.Tensor, batch: int, k: int, rest: int, a: torch.Tensor) -
     if rest == 1:
         # (batch, k) @ (k, m) -> (batch, m): one plain matmul
         return state.reshape(batch, k) @ a.T
-    state = state.reshape(batch, k, rest)
-    return _step_as(_step_kind(state, a, rest), state, batch, k, rest, a)
+    return _step_as(_step_kind(state, a, rest), state, batch, k, rest, a)  # _step_as views it as (batch, k, rest)
 
 
 def _step_as(kind: str, state: torch.Tensor, batch: int, k: int, rest: int, a: torch.Tensor) -> torch.Tensor:
