@@ -169,8 +169,11 @@ def test_bad_calibration_and_settings_are_refused_before_any_change():
                          ({"budget": 0.5, "ffn": MPOLayerConfig(param_ratio=0.5)}, "also set a truncation per kind")):
         with pytest.raises(ValueError, match=message):
             MPOConfig(**bad)
-    config = MPOConfig(method="mpo-aware", budget=0.25, allocation="uniform", max_sweeps=3, layout_search=False)
+    config = MPOConfig(method="mpo-aware", budget=0.25, allocation="uniform", max_sweeps=3, layout_search="exact")
     assert MPOConfig.from_json(config.to_json()) == config and json.loads(config.to_json())["version"] == 2
+    assert MPOConfig(layout_search=False).layout_search == "none" and MPOConfig(layout_search=True).layout_search == "all"
+    with pytest.raises(ValueError, match="layout_search must be one of .*got 'fast'"):
+        MPOConfig(layout_search="fast")
     old = MPOConfig().to_dict()
     for key in ("method", "budget", "allocation", "max_sweeps", "layout_search"):
         del old[key]
@@ -392,6 +395,39 @@ def test_cli_compresses_with_calibration_data(tool, tmp_path, capsys):
         assert int((weight != 0).sum()) == r["params_after"]
 
 
+def test_cli_saved_calibration_statistics_give_the_same_checkpoint(tool, tmp_path, capsys):
+    """--save-calibration, then --calibration-stats: the same statistics, so the same cores, without a forward."""
+    from mpokit.io import from_pretrained
+
+    tiny, files = tool
+    stats = tmp_path / "stats" / "calibration.safetensors"
+    common = ["compress", "--model", tiny.llama, "--budget", "0.5", "--layout-search", "exact", *RUN]
+    rc, _, err = _cli(capsys, *common, "--calibration-data", files.lm_train, "--calibration-samples", "6",
+                      "--block-size", "16", "--save-calibration", stats, "--out", tmp_path / "A")
+    assert rc == 0, err[-3000:] and stats.is_file()
+    rc, _, err = _cli(capsys, *common, "--calibration-stats", stats, "--out", tmp_path / "B")
+    assert rc == 0, err[-3000:]
+    a, b = (json.loads((tmp_path / d / "compression_report.json").read_text()) for d in "AB")
+    assert b["calibration_data"]["stats_file"] == str(stats) and b["calibration_data"]["samples"] == 6
+    assert "calibration" not in b["seconds"] and a["config"]["layout_search"] == "exact"
+    assert {r["layout"] for r in a["modules"]} <= {"low-rank", "hybrid-out", "hybrid-in"}
+    assert [(r["name"], r["params_after"], r["rel_output_error"]) for r in a["modules"]] == \
+        [(r["name"], r["params_after"], r["rel_output_error"]) for r in b["modules"]]
+    wa, wb = (from_pretrained(tmp_path / d).state_dict() for d in "AB")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    # statistics of another model, or of other targets, are refused before anything is written
+    for args, message in ((["--model", tiny.bert, "--no-embedding"], "has no statistics for the targets"),
+                          (["--model", tiny.llama, "--calibration-data", files.lm_train], "not both")):
+        out_dir = tmp_path / "bad"
+        rc, _, err = _cli(capsys, "compress", *args, "--budget", "0.5", "--calibration-stats", stats, "--out", out_dir,
+                          *RUN)
+        assert rc == 2 and message in err and "Traceback" not in err and not out_dir.exists(), err[-2000:]
+    rc, _, err = _cli(capsys, *common, "--calibration-stats", tmp_path / "none.safetensors", "--out", tmp_path / "C")
+    assert rc == 2 and "does not exist" in err and not (tmp_path / "C").exists()
+    rc, _, err = _cli(capsys, *common, "--save-calibration", stats, "--out", tmp_path / "D")
+    assert rc == 2 and "--save-calibration F writes the statistics collected from --calibration-data" in err
+
+
 def test_cli_refuses_bad_calibration_data_and_options_writing_nothing(tool, tmp_path, capsys, monkeypatch):
     from _tool_fixtures import write_csv
 
@@ -424,5 +460,6 @@ def test_cli_refuses_bad_calibration_data_and_options_writing_nothing(tool, tmp_
     assert rc == 2 and "invalid choice: 'pca'" in err
     rc, out, _ = _cli(capsys, "compress", "--help")
     for flag in ("--calibration-data", "--calibration-samples", "--method", "--allocation", "--max-sweeps",
-                 "--no-layout-search", "--block-size", "--max-length"):
+                 "--no-layout-search", "--layout-search", "--calibration-stats", "--save-calibration", "--block-size",
+                 "--max-length"):
         assert flag in out

@@ -92,3 +92,42 @@ def test_search_with_row_weights():
     assert search.best.transposed
     best = min(t.rel_output_error for t in search.trials)
     assert relative_output_error(W, search.best.mpo.to_matrix(), row_weights=r) == pytest.approx(best, rel=1e-10)
+
+
+def test_layout_searches_name_their_candidates():
+    from mpokit.aware.layouts import layouts_for
+
+    every = layouts_for(1536, 576, "all")
+    assert [lay.name for lay in every] == [lay.name for lay in candidate_layouts(1536, 576)]
+    exact = layouts_for(1536, 576, "exact")
+    assert [lay.name for lay in exact] == ["low-rank", "hybrid-out"] and all(lay.exact_whitening for lay in exact)
+    rows = layouts_for(1000, 64, "exact", row_weighted=True)  # an embedding: the metric is over the rows
+    assert [lay.name for lay in rows] == ["low-rank", "hybrid-in"] and all(lay.exact_row_whitening for lay in rows)
+    (only,) = layouts_for(1536, 576, "none", n_cores=3)
+    assert only.name == "interleaved-3" and only.n_cores == 3
+    with pytest.raises(ValueError, match="layout search must be one of .*'all', 'exact', 'none'.*got 'fast'"):
+        layouts_for(10, 10, "fast")
+
+
+def test_exact_search_equals_svd_whitened_or_beats_it_and_its_curve_matches():
+    from mpokit.aware import approximate, error_curve
+    from mpokit.aware.layouts import layouts_for
+
+    torch.manual_seed(3)
+    W = torch.randn(48, 36, dtype=torch.float64)
+    X = torch.randn(400, 36, dtype=torch.float64) * torch.logspace(0, -1.5, 36, dtype=torch.float64)
+    C = X.T @ X / 400
+    exact = layouts_for(48, 36, "exact")
+    a = approximate("mpo-aware", W, max_params=W.numel() // 3, C=C, layouts=exact)
+    s = approximate("svd-whitened", W, max_params=W.numel() // 3, C=C)
+    assert a.layout.name in ("low-rank", "hybrid-out") and a.rel_output_error <= s.rel_output_error + 1e-12
+    assert all(t["layout"]["name"] in ("low-rank", "hybrid-out") for t in a.detail["trials"])
+    # the curve over the exact layouts: the whitened SVD's, or below it (hybrid-out points)
+    curve, svd = error_curve("mpo-aware", W, C=C, layouts=exact), error_curve("svd-whitened", W, C=C)
+    for p, e in zip(svd.params, svd.errors):
+        below = [ce for cp, ce in zip(curve.params, curve.errors) if cp <= p]
+        assert below and min(below) <= e + 1e-12
+    # the interleaved-only curve differs: it holds no low-rank point
+    (inter,) = layouts_for(48, 36, "none", n_cores=3)
+    only = error_curve("mpo-aware", W, C=C, layouts=[inter])
+    assert only.params[0] == inter.min_params

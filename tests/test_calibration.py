@@ -241,3 +241,54 @@ def test_wrong_task_and_empty_data_are_refused(tool, tmp_path):
         prepare_calibration(empty)
     with pytest.raises(ValueError, match="calibration samples must be an int >= 1"):
         prepare_calibration(files.train, samples=0)
+
+
+# ---------------------------------------------------------------------------
+# saved statistics: one calibration for many compressions
+# ---------------------------------------------------------------------------
+
+
+def test_saved_statistics_round_trip_exactly_and_keep_shared_inputs_shared(tmp_path):
+    model = tiny_model("llama", dtype=torch.float64)
+    names = _targets(model)
+    stats = collect_calibration(model, _batches(), names)
+    path = tmp_path / "sub" / "stats.safetensors"
+    stats.save(path, info={"data": "toy", "samples": 9})
+    back = CalibrationStats.load(path)
+    assert set(back.names) == set(stats.names) and back.info == {"data": "toy", "samples": 9}
+    assert (back.rows, back.shared_with, back.sequences, back.tokens) == (stats.rows, stats.shared_with,
+                                                                          stats.sequences, stats.tokens)
+    for n in stats.second_moments:
+        torch.testing.assert_close(back.second_moments[n], stats.second_moments[n], rtol=0, atol=0)
+    for n in stats.row_weights:
+        torch.testing.assert_close(back.row_weights[n], stats.row_weights[n], rtol=0, atol=0)
+    q, k = "model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.k_proj"
+    assert back.second_moments[k] is back.second_moments[q]  # stored once, shared again
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        assert len(list(f.keys())) == len(set(stats.shared_with.values()))  # one tensor per distinct input
+    assert [p.name for p in path.parent.iterdir()] == ["stats.safetensors"]  # no temporary file left
+
+
+def test_bad_statistics_files_get_clear_errors(tmp_path):
+    from safetensors.torch import save_file
+
+    from mpokit.calibration import CalibrationFileError, stats_or_collect
+
+    with pytest.raises(CalibrationFileError, match="does not exist.*--save-calibration"):
+        CalibrationStats.load(tmp_path / "nope.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CalibrationFileError, match="not a safetensors file"):
+        CalibrationStats.load(tmp_path / "junk.safetensors")
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "weights.safetensors"))
+    with pytest.raises(CalibrationFileError, match="not mpokit calibration statistics"):
+        CalibrationStats.load(tmp_path / "weights.safetensors")
+    # statistics of another model: the sizes do not match this one's inputs
+    model = tiny_model("llama", dtype=torch.float64)
+    names = _targets(model)
+    stats = collect_calibration(model, _batches(), names)
+    q = "model.layers.0.self_attn.q_proj"
+    stats.second_moments[q] = torch.eye(5, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"statistics of model.layers.0.self_attn.q_proj have shape \(5, 5\).*another model"):
+        stats_or_collect(model, stats, names)

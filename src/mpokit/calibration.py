@@ -12,6 +12,10 @@ inputs are token ids, ``C`` is diagonal, and only its diagonal is kept: the toke
   (q / k / v, gate / up projections) share one accumulation, counted once. Padding positions
   (``attention_mask == 0``) are left out. A module called several times per forward (ALBERT's shared
   layers) accumulates every call.
+* :meth:`CalibrationStats.save` / :meth:`CalibrationStats.load`: one ``.safetensors`` file (each shared ``C``
+  stored once, the counts in its JSON metadata), written atomically, read without unpickling; so one
+  calibration serves many compressions of the same model (``mpokit compress --save-calibration F`` /
+  ``--calibration-stats F``).
 * :class:`CalibrationData` / :func:`prepare_calibration`: a ``--calibration-data`` file or registered name
   read through :mod:`mpokit.inputs` and turned, with the model's tokenizer, into batches of the data's task
   (lm: blocks of ``block_size`` tokens; classify / regress: texts cut at ``max_length``).
@@ -26,6 +30,8 @@ fitting resolves. A float64 model therefore gets exact float64 statistics.
 from __future__ import annotations
 
 import inspect
+import json
+import os
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
@@ -33,7 +39,14 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-__all__ = ["CalibrationStats", "collect_calibration", "CalibrationData", "prepare_calibration"]
+__all__ = ["CalibrationStats", "collect_calibration", "CalibrationData", "prepare_calibration", "CalibrationFileError"]
+
+STATS_FORMAT = "mpokit-calibration"
+STATS_VERSION = 1
+
+
+class CalibrationFileError(ValueError):
+    """A ``--calibration-stats`` file that is missing, not a safetensors file, or not one mpokit wrote."""
 
 
 @dataclass
@@ -47,6 +60,7 @@ class CalibrationStats:
         rows: ``name -> N``, the input rows (tokens) that went into the statistics of that target.
         shared_with: ``name -> the first target that received the same input tensor`` (itself when alone).
         sequences: sequences (batch rows) run; tokens: positions that were not padding.
+        info: where they came from (the data, the model), as saved by :meth:`save`.
     """
 
     second_moments: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -55,6 +69,7 @@ class CalibrationStats:
     shared_with: dict[str, str] = field(default_factory=dict)
     sequences: int = 0
     tokens: int = 0
+    info: dict[str, Any] = field(default_factory=dict)
 
     @property
     def names(self) -> list[str]:
@@ -71,6 +86,86 @@ class CalibrationStats:
             return {"row_weights": self.row_weights[name]}
         raise KeyError(f"no calibration statistics for {name!r}; collected for {self.names[:5]}"
                        f"{'...' if len(self.names) > 5 else ''} (collect_calibration(model, batches, targets=[...]))")
+
+    def save(self, path: str | os.PathLike, info: Mapping[str, Any] | None = None) -> None:
+        """Write every statistic to ``path`` (``.safetensors``, atomically); ``info`` (JSON-ready: the data used, the
+        model) is kept in the metadata and comes back as :attr:`info` after :meth:`load`."""
+        from safetensors.torch import save_file
+
+        from .atomic import atomic_write_with
+
+        tensors, groups = {}, {}
+        for name, C in self.second_moments.items():
+            owner = self.shared_with.get(name, name)
+            groups[name] = owner
+            if f"C:{owner}" not in tensors:
+                tensors[f"C:{owner}"] = C.detach().to("cpu", torch.float64).contiguous()
+        for name, r in self.row_weights.items():
+            tensors[f"r:{name}"] = r.detach().to("cpu", torch.float64).contiguous()
+        meta = {"format": STATS_FORMAT, "version": STATS_VERSION, "groups": groups, "rows": self.rows,
+                "shared_with": self.shared_with, "sequences": self.sequences, "tokens": self.tokens,
+                "info": dict(info or self.info or {})}
+        metadata = {"mpokit": json.dumps(meta, default=str)}
+        atomic_write_with(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "CalibrationStats":
+        """The statistics :meth:`save` wrote; :class:`CalibrationFileError` for any other file."""
+        from safetensors import SafetensorError, safe_open
+
+        example = "e.g. mpokit compress ... --calibration-data train.csv --save-calibration stats.safetensors"
+        if not os.path.isfile(path):
+            raise CalibrationFileError(f"calibration statistics file {str(path)!r} does not exist; write one with "
+                                       f"--save-calibration F ({example})")
+        try:
+            with safe_open(str(path), "pt") as f:
+                raw = (f.metadata() or {}).get("mpokit")
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CalibrationFileError(f"{str(path)!r} is not a safetensors file ({e}); give a file written by "
+                                       f"--save-calibration ({example})") from None
+        try:
+            meta = json.loads(raw) if raw else {}
+        except ValueError:
+            meta = {}
+        if meta.get("format") != STATS_FORMAT:
+            raise CalibrationFileError(f"{str(path)!r} is a safetensors file but not mpokit calibration statistics (no "
+                                       f"{STATS_FORMAT!r} metadata); give a file written by --save-calibration ({example})")
+        if int(meta.get("version", 0)) > STATS_VERSION:
+            raise CalibrationFileError(f"{str(path)!r} has calibration format version {meta.get('version')}, newer than "
+                                       f"this mpokit reads ({STATS_VERSION}); upgrade mpokit or collect them again")
+        stats = cls(sequences=int(meta.get("sequences", 0)), tokens=int(meta.get("tokens", 0)),
+                    rows={k: int(v) for k, v in meta.get("rows", {}).items()},
+                    shared_with=dict(meta.get("shared_with", {})), info=dict(meta.get("info", {})))
+        for name, owner in meta.get("groups", {}).items():
+            key = f"C:{owner}"
+            if key not in tensors:
+                raise CalibrationFileError(f"{str(path)!r} lists {name} with the statistics of {owner}, which the file "
+                                           "does not hold: it is damaged; collect the statistics again")
+            stats.second_moments[name] = tensors[key]  # targets sharing an input share the tensor, as collected
+        for key, value in tensors.items():
+            if key.startswith("r:"):
+                stats.row_weights[key[2:]] = value
+        return stats
+
+    def check_shapes(self, model: nn.Module, targets: Sequence[str]) -> None:
+        """Each target's statistics match its module's input size (``C (in, in)``, row weights ``(num_embeddings,)``);
+        ``ValueError`` naming the first that does not (statistics of another model)."""
+        modules = dict(model.named_modules())
+        for name in targets:
+            module = modules.get(name)
+            if module is None or name not in self:
+                continue
+            if name in self.row_weights:
+                want, got = getattr(module, "num_embeddings", None), tuple(self.row_weights[name].shape)
+                ok = want is None or got == (want,)
+            else:
+                want, got = _in_features(module), tuple(self.second_moments[name].shape)
+                ok = want is None or got == (want, want)
+            if not ok:
+                raise ValueError(f"the calibration statistics of {name} have shape {got}, but its module takes {want} "
+                                 "inputs: they were collected on another model; collect them for this one "
+                                 "(--calibration-data F)")
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready counts for reports: sequences, tokens, targets, distinct inputs."""
@@ -435,6 +530,7 @@ def prepare_calibration(data: str, *, samples: int | None = 128, max_length: int
 def stats_or_collect(model: nn.Module, calibration, targets: Sequence[str], *, progress: bool = False) -> CalibrationStats:
     """``calibration`` when it is a :class:`CalibrationStats` (checked to cover ``targets``), else collected from it."""
     if isinstance(calibration, CalibrationStats):
+        calibration.check_shapes(model, targets)
         missing = [t for t in targets if t not in calibration]
         if missing:
             raise ValueError(f"the calibration statistics have nothing for the targets {missing[:5]}"

@@ -52,9 +52,10 @@ Method and budget (data-aware compression, :func:`mpokit.compress` with ``calibr
     * ``allocation``: how ``budget`` is split: ``"global"`` (by the marginal decrease of
       output error per parameter, :func:`mpokit.aware.allocation.allocate_budget`) or
       ``"uniform"`` (the same fraction of every matrix).
-    * ``max_sweeps``: ALS sweeps of ``"mpo-aware"``; ``layout_search``: try every candidate
-      layout (:func:`mpokit.aware.layouts.candidate_layouts`) or only the default one
-      (``n_cores`` interleaved).
+    * ``max_sweeps``: ALS sweeps of ``"mpo-aware"``; ``layout_search``: which candidate layouts it
+      tries (:func:`mpokit.aware.layouts.layouts_for`): ``"all"`` (every candidate), ``"exact"``
+      (those whose whitening is exact: low-rank and hybrid; several times faster) or ``"none"``
+      (the ``n_cores`` interleaved layout). ``True`` / ``False`` (version-2 JSON) mean "all" / "none".
 
     With neither calibration nor these fields, compression is TT-SVD exactly as in version 1.
 """
@@ -250,7 +251,7 @@ class MPOConfig:
     budget: float | None = None
     allocation: str = "global"
     max_sweeps: int = 8
-    layout_search: bool = True
+    layout_search: str = "all"
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
@@ -336,8 +337,13 @@ class MPOConfig:
         if not _is_int(self.max_sweeps) or self.max_sweeps < 0:
             raise ValueError(f"max_sweeps must be an int >= 0 (ALS sweeps of mpo-aware), got {self.max_sweeps!r}; "
                              "e.g. max_sweeps=8")
-        if not isinstance(self.layout_search, bool):
-            raise TypeError(f"layout_search must be True or False, got {self.layout_search!r}")
+        if isinstance(self.layout_search, bool):  # version-2 spelling
+            self.layout_search = "all" if self.layout_search else "none"
+        from .aware.layouts import LAYOUT_SEARCHES
+
+        if self.layout_search not in LAYOUT_SEARCHES:
+            raise ValueError(f"layout_search must be one of {LAYOUT_SEARCHES}, got {self.layout_search!r}; "
+                             "e.g. layout_search='exact'")
 
     # -- helpers ------------------------------------------------------------------
 

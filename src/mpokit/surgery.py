@@ -630,7 +630,8 @@ def _shares(items: list[dict], config: MPOConfig, method: str, report: Compressi
     from .aware.allocation import allocate_budget, error_curve
 
     t0 = time.perf_counter()
-    curves = {it["name"]: error_curve(method, it["W"], n_cores=it["layer"].n_cores, **it["objective"]) for it in items}
+    curves = {it["name"]: error_curve(method, it["W"], n_cores=it["layer"].n_cores, layouts=it["layouts"],
+                                      **it["objective"]) for it in items}
     shares = allocate_budget(curves, int(config.budget * sum(dense.values())))
     report.seconds["allocation"] = time.perf_counter() - t0
     return {k: int(shares[k]) for k in dense}
@@ -657,11 +658,7 @@ def _approximate(method: str, item: dict, share: int | None, config: MPOConfig):
     options = {}
     if method == "mpo-aware":
         options["max_sweeps"] = config.max_sweeps
-        if not config.layout_search:
-            from .aware.layouts import Layout
-            from .shapes import choose_modes
-
-            options["layouts"] = [Layout(f"interleaved-{layer.n_cores}", *choose_modes(*W.shape, layer.n_cores))]
+        options["layouts"] = item["layouts"]
     if share is None:
         if method in ("mpo", "mpo-aware"):  # exact TT-SVD: every layout is exact, the default one is kept
             approx = approximate("mpo", W, max_params=_lossless_params("mpo", tuple(W.shape), layer.n_cores),
@@ -677,13 +674,18 @@ def _compress_aware(model: nn.Module, targets: list[Target], config: MPOConfig, 
     """Approximate every target's matrix with ``method`` at its share of the budget, and install the result."""
     from tqdm.auto import tqdm
 
+    from .aware.layouts import layouts_for
+
     items = []
     for t in targets:
         conv = CONVERTERS[t.converter]
         ((_, W),) = conv.dense_matrices(t.module)
         objective = stats.objective(t.name) if stats is not None else {}
-        items.append({"name": t.name, "target": t, "conv": conv, "W": W.detach(), "layer": config.layer_config(t.kind),
-                      "objective": objective})
+        layer = config.layer_config(t.kind)
+        layouts = layouts_for(*W.shape, config.layout_search, n_cores=layer.n_cores,
+                              row_weighted="row_weights" in objective)  # those mpo-aware tries, and its error curve's
+        items.append({"name": t.name, "target": t, "conv": conv, "W": W.detach(), "layer": layer,
+                      "objective": objective, "layouts": layouts})
     shares = _shares(items, config, method, report)
     for it in tqdm(items, desc=f"compress ({method})", disable=not progress, leave=False):
         approx = _approximate(method, it, shares[it["name"]], config)

@@ -6,9 +6,9 @@ of budgets, from spectra only (no ALS):
 * ``svd`` / ``svd-whitened``: exact. For the SVD ``W = U S V^T`` (whitened: ``W L = U S V^T``) the discarded part is
   ``U_{>r} S V_{>r}^T`` (times ``L^{-1}``), whose output error is ``sum_{i>r} s_i^2 (V^T C' V)_ii`` with
   ``C' = C`` (whitened: ``L^{-1} C L^{-T}``), a cumulative sum.
-* ``mpo-aware``: per candidate layout, the truncation bound ``sum_k eps_k^2`` of the Kronecker-whitened TT-SVD
-  relative to ``||W K||^2`` (exact whitening for the low-rank and hybrid-out layouts), the minimum over layouts,
-  and the exact whitened-SVD curve above.
+* ``mpo-aware``: per candidate layout (``layouts``, default every candidate), the truncation bound ``sum_k eps_k^2`` of the Kronecker-whitened TT-SVD
+  relative to ``||W K||^2`` (exact whitening for the low-rank and hybrid-out layouts), the minimum over layouts;
+  the low-rank layout's is the exact whitened-SVD curve above.
 * ``mpo``: TT-SVD minimises the weight error, so its curve is the Frobenius truncation bound (weight metric).
 * ``magnitude`` / ``wanda``: the pruned entries' ``W_ij^2 C_jj`` (exact with row weights or without statistics; the
   diagonal approximation of the output error with a dense ``C``). ``2:4`` has one budget: its exact error.
@@ -29,7 +29,7 @@ import torch
 from .. import shapes
 from ..mpo import MPO
 from .als import _prepare, _Problem, _problem_modes
-from .layouts import candidate_layouts
+from .layouts import Layout, candidate_layouts
 from .methods import METHODS, NEEDS, approximate
 from .objective import _check_matrix, check_stats, mode_multiply
 
@@ -135,9 +135,10 @@ def _pruning_curve(method: str, W: torch.Tensor, C, row_weights, budgets, f0: fl
 
 def error_curve(method: str, W: torch.Tensor, *, C: torch.Tensor | None = None,
                 row_weights: torch.Tensor | None = None, n_cores: int = 5, points: int = 16,
-                damping: float = 1e-6) -> ErrorCurve:
+                damping: float = 1e-6, layouts: list[Layout] | None = None) -> ErrorCurve:
     """Relative output error squared against parameters for ``method`` on ``W (out, in)`` (see the module
-    docstring); ``points`` budgets evenly spaced up to the dense size, plus the smallest the method allows."""
+    docstring); ``points`` budgets evenly spaced up to the dense size, plus the smallest the method allows.
+    ``layouts``: the candidates of ``mpo-aware`` (those its layout search will try; default every candidate)."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)}, e.g. method='mpo-aware'")
     _check_matrix("W", W)
@@ -164,12 +165,22 @@ def error_curve(method: str, W: torch.Tensor, *, C: torch.Tensor | None = None,
         pm = _problem_modes(om, im, transposed)
         budgets = _grid(dense, shapes.min_num_params(om, im), points)
         return _monotone(_mpo_curve(stats, [pm], budgets, damping, whiten=False))
-    layouts = [_problem_modes(lay.out_modes, lay.in_modes, transposed)
-               for lay in candidate_layouts(out_features, in_features) if lay.name != "low-rank"]
-    smallest = min(rank1, min(shapes.min_num_params(o, i) for o, i in layouts))
+    layouts = candidate_layouts(out_features, in_features) if layouts is None else list(layouts)
+    if not layouts:
+        raise ValueError("layouts must hold at least one Layout; e.g. candidate_layouts(out, in)")
+    low_rank = any(_is_low_rank(lay) for lay in layouts)  # its curve is the exact whitened SVD's
+    modes = [_problem_modes(lay.out_modes, lay.in_modes, transposed) for lay in layouts if not _is_low_rank(lay)]
+    smallest = min(([rank1] if low_rank else []) + [shapes.min_num_params(o, i) for o, i in modes])
     budgets = _grid(dense, smallest, points)
-    pairs = _mpo_curve(stats, layouts, budgets, damping, whiten=True) + _svd_curve(stats, True, budgets, damping)
+    pairs = _mpo_curve(stats, modes, budgets, damping, whiten=True)
+    if low_rank:
+        pairs += _svd_curve(stats, True, budgets, damping)
     return _monotone(pairs)
+
+
+def _is_low_rank(layout: Layout) -> bool:
+    """``((out, 1), (1, in))``: the 2-core layout of a truncated SVD."""
+    return layout.n_cores == 2 and layout.out_modes[1] == 1 and layout.in_modes[0] == 1
 
 
 def _hull(params: list[int], values: list[float]) -> list[tuple[int, float]]:

@@ -17,7 +17,9 @@ by ``--allocation`` (default ``global``: where the output error falls most per p
 per matrix, the method, the layout, the relative output error under the calibration data and the weight
 error, and the timings of loading, calibration and fitting. Pruning methods save each pruned weight with its
 mask (``weight_orig`` and ``weight_mask``, restored by :func:`mpokit.from_pretrained`), so fine-tuning the
-checkpoint keeps the zeros.
+checkpoint keeps the zeros. ``--save-calibration F`` writes the collected statistics; ``--calibration-stats F``
+uses them instead of ``--calibration-data`` (one calibration, many methods and budgets). ``--layout-search
+exact`` restricts mpo-aware to the layouts whose whitening is exact (low-rank and hybrid), several times faster.
 """
 
 from __future__ import annotations
@@ -68,8 +70,15 @@ def register(subparsers) -> argparse.ArgumentParser:
                         "with --calibration-data) or uniform (the same fraction of each)")
     g.add_argument("--max-sweeps", type=_positive, default=8, metavar="N",
                    help="ALS sweeps of mpo-aware per layout (default 8)")
-    g.add_argument("--no-layout-search", action="store_true",
-                   help="mpo-aware: fit the --n-cores interleaved layout only instead of trying every candidate layout")
+    g.add_argument("--layout-search", choices=("all", "exact", "none"), default=None,
+                   help="mpo-aware: which layouts it tries: all (every candidate; the default), exact (low-rank and "
+                        "hybrid, whose whitening is exact: several times faster) or none (the --n-cores interleaved one)")
+    g.add_argument("--no-layout-search", action="store_true", help="the same as --layout-search none")
+    g.add_argument("--calibration-stats", default=None, metavar="F",
+                   help="input statistics saved by --save-calibration (a .safetensors file), used instead of "
+                        "--calibration-data: one calibration for many compressions of the same model")
+    g.add_argument("--save-calibration", default=None, metavar="F",
+                   help="also write the collected input statistics to F (.safetensors), for --calibration-stats")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a checkpoint of another model in --out (its model and tokenizer files are removed)")
     add_run_options(p)
@@ -112,6 +121,13 @@ def run(args: argparse.Namespace) -> int:
             args.calibration_data, samples=args.calibration_samples, max_length=args.max_length,
             block_size=args.block_size, text_column=args.text_column, text_pair_column=args.text_pair_column,
             label_column=args.label_column, seed=args.split_seed)
+    saved_stats = None
+    if args.calibration_stats is not None:  # read and checked before the model is loaded, too
+        from ..calibration import CalibrationStats
+
+        saved_stats = CalibrationStats.load(args.calibration_stats)
+    if args.save_calibration is not None:
+        _check_stats_path(args.save_calibration, out)
     t0, c0 = time.perf_counter(), time.process_time()
     loaded = load_model(source, task=task or _natural_task(source), seed=args.seed, **kwargs)
     seconds, cpu = {"load": time.perf_counter() - t0}, {"load": time.process_time() - c0}
@@ -120,6 +136,18 @@ def run(args: argparse.Namespace) -> int:
     from ..io import check_save_target, pruned_modules, save_pretrained
 
     stats, calibration_info = None, None
+    if saved_stats is not None:
+        from ..surgery import resolve_targets
+
+        names = [t.name for t in resolve_targets(loaded.model, config)]
+        missing = [n for n in names if n not in saved_stats]
+        if missing:
+            raise ValueError(f"--calibration-stats {args.calibration_stats} has no statistics for the targets "
+                             f"{missing[:3]}{'...' if len(missing) > 3 else ''}: it was collected for other targets or "
+                             "another model; collect them with --calibration-data F --save-calibration F")
+        saved_stats.check_shapes(loaded.model, names)
+        stats = saved_stats
+        calibration_info = {"stats_file": str(args.calibration_stats), **saved_stats.info}
     if calibration is not None:
         from ..calibration import collect_calibration
         from ..surgery import resolve_targets
@@ -131,6 +159,8 @@ def run(args: argparse.Namespace) -> int:
         stats = collect_calibration(loaded.model, batches, [t.name for t in resolve_targets(loaded.model, config)],
                                     progress=not args.no_progress)
         seconds["calibration"], cpu["calibration"] = time.perf_counter() - t0, time.process_time() - c0
+        if args.save_calibration is not None:
+            stats.save(args.save_calibration, info={"model": str(source), **(calibration_info or {})})
     check_save_target(loaded.model, out, overwrite=args.overwrite)  # before the decomposition, not after
     t0, c0 = time.perf_counter(), time.process_time()
     model, report = compress(loaded.model, config, calibration=stats, return_report=True, progress=not args.no_progress)
@@ -156,6 +186,22 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_stats_path(path: str, out) -> None:
+    """``--save-calibration F``: a file (its folder is created when missing), outside the checkpoint folder."""
+    from pathlib import Path
+
+    target = Path(path)
+    if target.is_dir():
+        raise ValueError(f"--save-calibration {path} is a folder; give a file name, e.g. --save-calibration "
+                         f"{target / 'calibration.safetensors'}")
+    from ..atomic import check_output_dir
+
+    check_output_dir(target.parent, "--save-calibration's folder")
+    if Path(out).resolve() in target.resolve().parents:
+        raise ValueError(f"--save-calibration {path} lies inside --out {out}, which holds only the checkpoint; "
+                         f"write it beside it, e.g. --save-calibration {Path(out).parent / 'calibration.safetensors'}")
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -176,7 +222,16 @@ def _config(args):
     """The :class:`MPOConfig` of the options, every combination checked before any data or model is read."""
     from ..config import MPOConfig, MPOLayerConfig
 
-    calibrated = args.calibration_data is not None
+    if args.calibration_stats is not None and args.calibration_data is not None:
+        raise ValueError("give --calibration-data F (collect the statistics) or --calibration-stats F (saved ones), "
+                         f"not both; e.g. --calibration-stats {args.calibration_stats}")
+    if args.save_calibration is not None and args.calibration_data is None:
+        raise ValueError("--save-calibration F writes the statistics collected from --calibration-data; give "
+                         f"--calibration-data too, e.g. --calibration-data train.csv --save-calibration {args.save_calibration}")
+    if args.no_layout_search and args.layout_search not in (None, "none"):
+        raise ValueError(f"--no-layout-search contradicts --layout-search {args.layout_search}; give one of them")
+    layout_search = "none" if args.no_layout_search else (args.layout_search or "all")
+    calibrated = args.calibration_data is not None or args.calibration_stats is not None
     method = args.method or ("mpo-aware" if calibrated else "mpo")
     global_budget = args.budget is not None and (calibrated or method != "mpo")
     if method in ("mpo-aware", "svd-whitened", "wanda") and not calibrated:
@@ -193,7 +248,7 @@ def _config(args):
         layer = MPOLayerConfig(n_cores=args.n_cores)
         embedding = None if args.no_embedding else MPOLayerConfig(n_cores=args.n_cores)
         extra = dict(method=method, budget=args.budget, allocation=args.allocation or ("global" if calibrated else "uniform"),
-                     max_sweeps=args.max_sweeps, layout_search=not args.no_layout_search)
+                     max_sweeps=args.max_sweeps, layout_search=layout_search)
     else:  # TT-SVD with a truncation per matrix (measured under the calibration data when there is some)
         layer = MPOLayerConfig(param_ratio=args.budget, max_bond=args.max_bond, rel_error=args.rel_error,
                                n_cores=args.n_cores)
