@@ -8,12 +8,16 @@ targeted matrices' dense parameters). Then, each in its own process:
 2. the same metric after the same short fine-tuning of every parameter ("healing", ``mpokit finetune
    --method full``; pruned models keep their masks), one run per seed.
 
-Per-matrix output and weight errors come from each checkpoint's ``compression_report.json``. Presets:
+The calibration statistics are collected once per target group (the first compression writes
+``<out>/<group>/calibration.safetensors``; every other reads it with ``--calibration-stats``), so every method
+sees exactly the same ``C``. Per-matrix output and weight errors come from each checkpoint's
+``compression_report.json``. Presets:
 
 * ``minilm-rt``: all-MiniLM-L6-v2 fine-tuned on Rotten Tomatoes (the dense source is fine-tuned first,
   ``mpokit finetune --method full``), attention and FFN matrices at 75 / 50 / 35 / 25%, and the word
   embedding alone as its own rows;
-* ``smollm2-ptb``: SmolLM2-135M-Instruct on Penn Treebank text, every linear layer at 90 / 80 / 60 / 40%.
+* ``smollm2-ptb``: SmolLM2-135M-Instruct on Penn Treebank text, every linear layer at 90 / 80 / 60 / 40%;
+  mpo-aware searches the layouts with exact whitening only (``--layout-search exact``).
 
 ::
 
@@ -48,7 +52,8 @@ MEASURE_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", "MKL_DISABLE_FAST_MM": "1"}
 class Preset:
     """One comparison: the dense source (fine-tuned first when ``source_finetune`` is given), the data and
     task, the budgets, the target groups (name -> ``mpokit compress`` target options), the calibration
-    options, the evaluation options and the healing (``mpokit finetune``) options."""
+    options, the evaluation options, the healing (``mpokit finetune``) options and further ``mpokit
+    compress`` options of every method."""
 
     model: str
     data: str
@@ -60,6 +65,7 @@ class Preset:
     heal: list[str]
     source_finetune: list[str] = field(default_factory=list)
     heal_groups: tuple[str, ...] = ()
+    compress: list[str] = field(default_factory=list)
 
 
 PRESETS: dict[str, Preset] = {
@@ -85,6 +91,7 @@ PRESETS: dict[str, Preset] = {
               "--block-size", "128", "--max-length", "128", "--batch-size", "4", "--eval-batch-size", "8",
               "--validation-size", "48", "--test-size", "96", "--warmup-ratio", "0.1"],
         heal_groups=("linear",),
+        compress=["--layout-search", "exact"],  # 210 matrices: every layout's TT-SVD would cost ~20 min per budget
     ),
 }
 
@@ -141,10 +148,12 @@ def run_all(preset: Preset, args) -> None:
                 run = out / group / f"{_method_dir(method)}_{_tag(budget)}"
                 ckpt = run / "compressed"
                 if not (ckpt / "compression_report.json").is_file():
+                    stats = out / group / "calibration.safetensors"  # collected by the first run, read by the others
+                    calibration = (["--calibration-stats", str(stats)] if stats.is_file() else
+                                   ["--calibration-data", preset.data, *preset.calibration, "--save-calibration", str(stats)])
                     ok = _run(_cli("compress", "--model", source, "--task", preset.task, "--method", method,
-                                   "--budget", str(budget), "--calibration-data", preset.data, *preset.calibration,
-                                   *preset.groups[group], *threads, "--no-progress", "--overwrite",
-                                   "--out", str(ckpt)), env, run / "compress.log")
+                                   "--budget", str(budget), *calibration, *preset.groups[group], *preset.compress,
+                                   *threads, "--no-progress", "--overwrite", "--out", str(ckpt)), env, run / "compress.log")
                     if not ok:
                         continue
                 metrics = run / "metrics.json"
