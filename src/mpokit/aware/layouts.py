@@ -11,6 +11,10 @@ A layout is ``(out_modes, in_modes)`` for ``W (out, in)``: core ``k`` has shape 
 :func:`search_layout` initialises every layout that fits the budget from its whitened TT-SVD (cheap: one TT-SVD
 and one objective each), ranks them by that exact output error, runs the ALS sweeps only on the best ``fit_top``
 (from the better of the whitened and plain TT-SVD starts), and keeps the layout with the lowest output error.
+Two shortcuts where the whitening is exact (one core holds every in mode): the plain TT-SVD start is not tried
+(it minimises the weight error in a metric the whitened start already gets exactly), and the low-rank layout
+gets no sweeps, since its whitened start is the minimiser at its rank (Eckart-Young in whitened coordinates,
+up to the damping of ``C``).
 The low-rank layout's whitened start *is* SVD-LLM, so the chosen layout is never worse than ``svd-whitened``.
 
 Which candidates are tried is a *layout search* (:data:`LAYOUT_SEARCHES`, :func:`layouts_for`):
@@ -214,12 +218,14 @@ def search_layout(
     fits: dict[int, FitResult] = {}
     for i in order[:fit_top]:
         f, layout, prob, cores, name, dims = starts[i]
-        if not stats.identity:
+        if not stats.identity and not prob.exact:
             plain = _init_plain(prob, dims)
             if plain is not None and plain[1] < f:
                 cores, f, name = plain[0], plain[1], "tt-svd"
         history = [math.sqrt(max(f, 0.0) / stats.f0)]
-        fits[i] = _fit_problem(prob, criterion, max_sweeps, tol, gauge, W.dtype, transposed, opts,
+        optimal = prob.exact and len(prob.out_modes) == 2 and name != "tt-svd" and not stats.identity \
+            and sum(1 for m in prob.out_modes if m > 1) <= 1  # whitened low rank: already the minimiser
+        fits[i] = _fit_problem(prob, criterion, 0 if optimal else max_sweeps, tol, gauge, W.dtype, transposed, opts,
                                start=(cores, f, name, history))
     trials = []
     for i, (f, layout, prob, cores, name, dims) in enumerate(starts):
