@@ -292,3 +292,14 @@ def test_bad_statistics_files_get_clear_errors(tmp_path):
     stats.second_moments[q] = torch.eye(5, dtype=torch.float64)
     with pytest.raises(ValueError, match=r"statistics of model.layers.0.self_attn.q_proj have shape \(5, 5\).*another model"):
         stats_or_collect(model, stats, names)
+
+
+@pytest.mark.parametrize("n", [7, 300, 513, 1030])
+def test_blocked_gram_is_x_transpose_x(n):
+    from mpokit.calibration import gram
+
+    X = torch.randn(64, n, dtype=torch.float64, generator=torch.Generator().manual_seed(n))
+    G = gram(X)
+    torch.testing.assert_close(G, X.T @ X, rtol=1e-13, atol=1e-12)
+    if n >= 512:  # blocks off the diagonal are mirrored exactly
+        assert torch.equal(G[:256, 256:], G[256:, :256].T)
