@@ -153,6 +153,7 @@ def run_all(preset: Preset, args) -> None:
                                    ["--calibration-data", preset.data, *preset.calibration, "--save-calibration", str(stats)])
                     ok = _run(_cli("compress", "--model", source, "--task", preset.task, "--method", method,
                                    "--budget", str(budget), *calibration, *preset.groups[group], *preset.compress,
+                                   *(["--allocation", args.allocation] if getattr(args, "allocation", None) else []),
                                    *threads, "--no-progress", "--overwrite", "--out", str(ckpt)), env, run / "compress.log")
                     if not ok:
                         continue
@@ -283,6 +284,9 @@ def main(argv=None) -> int:
     p.add_argument("--budgets", type=float, nargs="+", default=None, help="default: the preset's")
     p.add_argument("--groups", nargs="+", default=None, help="a subset of the preset's target groups")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--allocation", choices=("global", "uniform"), default=None,
+                   help="how each budget is split over the matrices (default: compress's, global); uniform gives every "
+                        "method the same share of each matrix, so per-matrix errors compare at equal parameters")
     p.add_argument("--aggregate-only", action="store_true")
     args = p.parse_args(argv)
     preset = PRESETS[args.preset]
