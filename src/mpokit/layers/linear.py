@@ -162,7 +162,6 @@ class MPOLinear(MPOModule):
             raise ValueError(f"path must be one of {LINEAR_PATHS}, got {value!r}; e.g. layer.path = 'auto'")
         self._path = value
 
-    @torch.compiler.disable  # plain Python on ints: run it eagerly instead of tracing the plan search
     def plan(self, tokens: int, grad_needed: bool | None = None, mode: str | None = None) -> contract.ApplyPlan:
         """The :class:`~mpokit.contract.ApplyPlan` a call with ``tokens`` rows runs (cached per setting).
 
@@ -173,10 +172,20 @@ class MPOLinear(MPOModule):
         """
         grad_needed = self.grad_needed() if grad_needed is None else grad_needed
         mode = self._inference_mode if mode is None else mode
-        key = (tokens, grad_needed, self._path, self.bond_dims, mode)
+        key = (tokens, grad_needed, self._path, tuple(c.shape[3] for c in self.core_list()), mode)
         hit = self._path_cache.get(key)
-        if hit is not None:
+        if hit is not None:  # the eager per-call path: a dict lookup
             return hit
+        if torch.compiler.is_compiling():
+            return self._plan_eagerly(key)
+        return self._new_plan(key)
+
+    @torch.compiler.disable  # plain Python on ints: run the plan search eagerly instead of tracing it
+    def _plan_eagerly(self, key: tuple) -> contract.ApplyPlan:
+        return self._new_plan(key)
+
+    def _new_plan(self, key: tuple) -> contract.ApplyPlan:
+        tokens, grad_needed, _, _, mode = key
         pinned = self._path if (grad_needed or mode != "contract") else "contract"
         if pinned == "rebuild":
             plan = self._rebuild_plan(tokens)
