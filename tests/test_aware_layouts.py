@@ -131,3 +131,21 @@ def test_exact_search_equals_svd_whitened_or_beats_it_and_its_curve_matches():
     (inter,) = layouts_for(48, 36, "none", n_cores=3)
     only = error_curve("mpo-aware", W, C=C, layouts=[inter])
     assert only.params[0] == inter.min_params
+
+
+def test_whitened_low_rank_is_taken_as_is_and_sweeps_would_not_improve_it():
+    """The low-rank layout's whitened start is the minimiser at its rank: the search gives it no sweeps, and
+    sweeps run by hand from it do not lower the objective (beyond rounding)."""
+    from mpokit.aware import fit_mpo
+
+    torch.manual_seed(5)
+    W = torch.randn(40, 30, dtype=torch.float64)
+    X = torch.randn(300, 30, dtype=torch.float64) * torch.logspace(0, -1, 30, dtype=torch.float64)
+    C = X.T @ X / 300
+    low = Layout("low-rank", (40, 1), (1, 30))
+    search = search_layout(W, C, max_params=W.numel() // 3, layouts=[low])
+    (trial,) = search.trials
+    assert trial.sweeps == 0 and trial.init == "whitened" and search.best.sweeps == 0
+    swept = fit_mpo(W, C, out_modes=low.out_modes, in_modes=low.in_modes, max_params=W.numel() // 3, max_sweeps=4,
+                    init="whitened")
+    assert swept.history[-1] >= search.best.history[-1] * (1 - 1e-9)
