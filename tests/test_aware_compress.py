@@ -166,16 +166,21 @@ def test_bad_calibration_and_settings_are_refused_before_any_change():
         assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     for bad, message in (({"method": "pca"}, "method must be one of"), ({"budget": 1.5}, r"budget must be a fraction in \(0, 1\]"),
                          ({"allocation": "greedy"}, "allocation must be one of"), ({"max_sweeps": -1}, "max_sweeps"),
+                         ({"fit_top": 0}, "fit_top must be an int >= 1"),
                          ({"budget": 0.5, "ffn": MPOLayerConfig(param_ratio=0.5)}, "also set a truncation per kind")):
         with pytest.raises(ValueError, match=message):
             MPOConfig(**bad)
-    config = MPOConfig(method="mpo-aware", budget=0.25, allocation="uniform", max_sweeps=3, layout_search="exact")
-    assert MPOConfig.from_json(config.to_json()) == config and json.loads(config.to_json())["version"] == 2
+    config = MPOConfig(method="mpo-aware", budget=0.25, allocation="uniform", max_sweeps=3, layout_search="exact",
+                       fit_top=1)
+    assert MPOConfig.from_json(config.to_json()) == config and json.loads(config.to_json())["version"] == 3
+    v2 = {**config.to_dict(), "version": 2, "layout_search": False}
+    del v2["fit_top"]
+    assert MPOConfig.from_dict(v2).layout_search == "none" and MPOConfig.from_dict(v2).fit_top == 2  # version 2 loads
     assert MPOConfig(layout_search=False).layout_search == "none" and MPOConfig(layout_search=True).layout_search == "all"
     with pytest.raises(ValueError, match="layout_search must be one of .*got 'fast'"):
         MPOConfig(layout_search="fast")
     old = MPOConfig().to_dict()
-    for key in ("method", "budget", "allocation", "max_sweeps", "layout_search"):
+    for key in ("method", "budget", "allocation", "max_sweeps", "layout_search", "fit_top"):
         del old[key]
     old["version"] = 1
     assert MPOConfig.from_dict(old) == MPOConfig(version=1)  # a version-1 config still loads, with the defaults
@@ -407,6 +412,11 @@ def test_cli_saved_calibration_statistics_give_the_same_checkpoint(tool, tmp_pat
     assert rc == 0, err[-3000:] and stats.is_file()
     rc, _, err = _cli(capsys, *common, "--calibration-stats", stats, "--out", tmp_path / "B")
     assert rc == 0, err[-3000:]
+    rc, _, err = _cli(capsys, *common, "--calibration-stats", stats, "--fit-top", "1", "--out", tmp_path / "F")
+    assert rc == 0, err[-3000:]
+    one = json.loads((tmp_path / "F" / "compression_report.json").read_text())
+    assert one["config"]["fit_top"] == 1
+    assert all(sum(1 for t in r["trials"] if t["sweeps"] > 0) <= 1 for r in one["modules"])  # one layout refined
     a, b = (json.loads((tmp_path / d / "compression_report.json").read_text()) for d in "AB")
     assert b["calibration_data"]["stats_file"] == str(stats) and b["calibration_data"]["samples"] == 6
     assert "calibration" not in b["seconds"] and a["config"]["layout_search"] == "exact"

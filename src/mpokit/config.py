@@ -56,6 +56,7 @@ Method and budget (data-aware compression, :func:`mpokit.compress` with ``calibr
       tries (:func:`mpokit.aware.layouts.layouts_for`): ``"all"`` (every candidate), ``"exact"``
       (those whose whitening is exact: low-rank and hybrid; several times faster) or ``"none"``
       (the ``n_cores`` interleaved layout). ``True`` / ``False`` (version-2 JSON) mean "all" / "none".
+      ``fit_top``: how many of the best-started layouts get the sweeps (the others keep their start).
 
     With neither calibration nor these fields, compression is TT-SVD exactly as in version 1.
 """
@@ -72,7 +73,7 @@ from .mpo import GAUGES
 __all__ = ["MPOConfig", "MPOLayerConfig", "CONFIG_VERSION", "TRAINABLE_CHOICES", "KINDS", "ALL_LINEAR",
            "ALLOCATIONS", "method_names"]
 
-CONFIG_VERSION = 2  # 2: method, budget, allocation, max_sweeps, layout_search (version-1 JSON still loads)
+CONFIG_VERSION = 3  # 2: method, budget, allocation, max_sweeps, layout_search; 3: layout_search a string, fit_top (1 and 2 still load)
 TRAINABLE_CHOICES = ("auxiliary", "all", "central", "none")
 KINDS = ("embedding", "attention", "ffn", "other")
 TIE_POLICIES = ("tie", "untie", "error")
@@ -252,6 +253,7 @@ class MPOConfig:
     allocation: str = "global"
     max_sweeps: int = 8
     layout_search: str = "all"
+    fit_top: int = 2
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
@@ -337,6 +339,8 @@ class MPOConfig:
         if not _is_int(self.max_sweeps) or self.max_sweeps < 0:
             raise ValueError(f"max_sweeps must be an int >= 0 (ALS sweeps of mpo-aware), got {self.max_sweeps!r}; "
                              "e.g. max_sweeps=8")
+        if not _is_int(self.fit_top) or self.fit_top < 1:
+            raise ValueError(f"fit_top must be an int >= 1 (layouts refined by sweeps), got {self.fit_top!r}; e.g. fit_top=2")
         if isinstance(self.layout_search, bool):  # version-2 spelling
             self.layout_search = "all" if self.layout_search else "none"
         from .aware.layouts import LAYOUT_SEARCHES

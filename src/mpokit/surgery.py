@@ -657,8 +657,7 @@ def _approximate(method: str, item: dict, share: int | None, config: MPOConfig):
     W, layer = item["W"], item["layer"]
     options = {}
     if method == "mpo-aware":
-        options["max_sweeps"] = config.max_sweeps
-        options["layouts"] = item["layouts"]
+        options.update(max_sweeps=config.max_sweeps, fit_top=config.fit_top, layouts=item["layouts"])
     if share is None:
         if method in ("mpo", "mpo-aware"):  # exact TT-SVD: every layout is exact, the default one is kept
             approx = approximate("mpo", W, max_params=_lossless_params("mpo", tuple(W.shape), layer.n_cores),

@@ -74,6 +74,8 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="mpo-aware: which layouts it tries: all (every candidate; the default), exact (low-rank and "
                         "hybrid, whose whitening is exact: several times faster) or none (the --n-cores interleaved one)")
     g.add_argument("--no-layout-search", action="store_true", help="the same as --layout-search none")
+    g.add_argument("--fit-top", type=_positive, default=2, metavar="N",
+                   help="mpo-aware: refine only the N layouts with the best starts by sweeps (default 2; 1 is fastest)")
     g.add_argument("--calibration-stats", default=None, metavar="F",
                    help="input statistics saved by --save-calibration (a .safetensors file), used instead of "
                         "--calibration-data: one calibration for many compressions of the same model")
@@ -248,7 +250,8 @@ def _config(args):
         layer = MPOLayerConfig(n_cores=args.n_cores)
         embedding = None if args.no_embedding else MPOLayerConfig(n_cores=args.n_cores)
         extra = dict(method=method, budget=args.budget, allocation=args.allocation or ("global" if calibrated else "uniform"),
-                     max_sweeps=args.max_sweeps, layout_search=layout_search)
+                     max_sweeps=args.max_sweeps, layout_search=layout_search,
+                     fit_top=args.fit_top)
     else:  # TT-SVD with a truncation per matrix (measured under the calibration data when there is some)
         layer = MPOLayerConfig(param_ratio=args.budget, max_bond=args.max_bond, rel_error=args.rel_error,
                                n_cores=args.n_cores)
