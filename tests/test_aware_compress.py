@@ -127,6 +127,30 @@ def test_global_allocation_meets_the_budget_and_differs_from_uniform(stats):
     assert total["global"] < total["uniform"], total  # the exact svd-whitened curves: global spends better
 
 
+def test_absolute_allocation_minimises_the_summed_absolute_output_error(stats):
+    """``allocation="absolute"`` weighs each matrix's relative error squared by its output energy tr(W C W^T): its
+    summed absolute error is below the relative allocation's, and it moves parameters toward large outputs."""
+    rows = {}
+    for allocation in ("global", "absolute"):
+        config = MPOConfig(method="svd-whitened", budget=0.4, allocation=allocation)
+        _, report = compress(tiny_model("llama", dtype=torch.float64), config, calibration=stats["llama"],
+                             return_report=True)
+        assert report.matrix_params_after <= 0.4 * report.matrix_params_before and report.allocation == allocation
+        rows[allocation] = {r.name: r for r in report.modules}
+    dense = dict(tiny_model("llama", dtype=torch.float64).named_modules())
+    energy = {}
+    for name in rows["global"]:
+        W = dense[name].weight.detach().double()
+        if name in stats["llama"].second_moments:
+            energy[name] = float(((W @ stats["llama"].second_moments[name]) * W).sum())
+        else:  # the embedding: token frequencies over its rows
+            energy[name] = float((stats["llama"].row_weights[name] * (W * W).sum(1)).sum())
+    absolute = {a: sum(energy[n] * r.rel_output_error ** 2 for n, r in rs.items()) for a, rs in rows.items()}
+    assert absolute["absolute"] < absolute["global"], absolute
+    big = max(energy, key=energy.get)
+    assert rows["absolute"][big].params_after >= rows["global"][big].params_after
+
+
 def test_tt_svd_with_calibration_is_todays_compression_measured():
     plain = compress(tiny_model("bert", dtype=torch.float64), MPOConfig(attention=MPOLayerConfig(max_bond=3)))
     model, report = compress(tiny_model("bert", dtype=torch.float64),

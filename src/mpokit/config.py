@@ -50,7 +50,10 @@ Method and budget (data-aware compression, :func:`mpokit.compress` with ``calibr
       (then no per-kind truncation criterion may be set). A matrix whose share is its whole
       dense size is kept lossless (an exact decomposition, or nothing pruned).
     * ``allocation``: how ``budget`` is split: ``"global"`` (by the marginal decrease of
-      output error per parameter, :func:`mpokit.aware.allocation.allocate_budget`) or
+      relative output error squared per parameter, every matrix weighted alike,
+      :func:`mpokit.aware.allocation.allocate_budget`), ``"absolute"`` (the same, each matrix
+      weighted by its output energy ``tr(W C W^T)``: the absolute output error, so matrices with
+      large outputs keep more) or
       ``"uniform"`` (the same fraction of every matrix).
     * ``max_sweeps``: ALS sweeps of ``"mpo-aware"``; ``layout_search``: which candidate layouts it
       tries (:func:`mpokit.aware.layouts.layouts_for`): ``"all"`` (every candidate), ``"exact"``
@@ -78,7 +81,7 @@ TRAINABLE_CHOICES = ("auxiliary", "all", "central", "none")
 KINDS = ("embedding", "attention", "ffn", "other")
 TIE_POLICIES = ("tie", "untie", "error")
 ALL_LINEAR = "all-linear"  # target_modules value selecting the all-linear fallback
-ALLOCATIONS = ("global", "uniform")
+ALLOCATIONS = ("global", "absolute", "uniform")
 
 
 def method_names() -> list[str]:

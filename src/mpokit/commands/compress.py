@@ -65,9 +65,10 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="how each matrix is approximated: mpo (TT-SVD), mpo-aware (fitted to the output error, layout "
                         "searched), svd, svd-whitened (SVD-LLM), magnitude, 2:4, wanda (pruning); default: mpo-aware "
                         "with --calibration-data, else mpo")
-    g.add_argument("--allocation", choices=("global", "uniform"), default=None,
-                   help="how --budget is split over the matrices: global (by output error per parameter; the default "
-                        "with --calibration-data) or uniform (the same fraction of each)")
+    g.add_argument("--allocation", choices=("global", "absolute", "uniform"), default=None,
+                   help="how --budget is split over the matrices: global (by relative output error per parameter; the "
+                        "default with --calibration-data), absolute (by absolute output error: matrices with large "
+                        "outputs keep more) or uniform (the same fraction of each)")
     g.add_argument("--max-sweeps", type=_positive, default=8, metavar="N",
                    help="ALS sweeps of mpo-aware per layout (default 8)")
     g.add_argument("--layout-search", choices=("all", "exact", "none"), default=None,
@@ -243,6 +244,9 @@ def _config(args):
         flag = "--max-bond" if args.max_bond is not None else "--rel-error"
         raise ValueError(f"{flag} truncates TT-SVD bonds, but --method {method} takes a parameter budget: use --budget F "
                          "(e.g. --budget 0.5), or --method mpo")
+    if args.allocation == "absolute" and not calibrated:
+        raise ValueError("--allocation absolute weighs each matrix by its output energy on the calibration data; give "
+                         "--calibration-data F, or --allocation global / uniform")
     if args.allocation is not None and not global_budget:
         raise ValueError(f"--allocation {args.allocation} splits a global --budget, which needs --budget F with "
                          "--calibration-data or a --method other than mpo; e.g. --calibration-data train.csv --budget 0.5")

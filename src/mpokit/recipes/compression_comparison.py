@@ -284,9 +284,10 @@ def main(argv=None) -> int:
     p.add_argument("--budgets", type=float, nargs="+", default=None, help="default: the preset's")
     p.add_argument("--groups", nargs="+", default=None, help="a subset of the preset's target groups")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--allocation", choices=("global", "uniform"), default=None,
+    p.add_argument("--allocation", choices=("global", "absolute", "uniform"), default=None,
                    help="how each budget is split over the matrices (default: compress's, global); uniform gives every "
-                        "method the same share of each matrix, so per-matrix errors compare at equal parameters")
+                        "method the same share of each matrix, so per-matrix errors compare at equal parameters; absolute "
+                        "weighs each matrix by its output energy")
     p.add_argument("--aggregate-only", action="store_true")
     args = p.parse_args(argv)
     preset = PRESETS[args.preset]
