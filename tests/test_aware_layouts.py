@@ -58,7 +58,7 @@ def test_the_chosen_layout_has_the_lowest_output_error_of_its_trials():
     search = search_layout(W, C, max_params=200, max_sweeps=4, fit_top=3)
     errors = {t.layout.name: t.rel_output_error for t in search.trials}
     assert search.layout.name in errors
-    assert errors[search.layout.name] <= min(errors.values()) * (1 + 1e-9)  # the lowest (a tie: the fewer params)
+    assert errors[search.layout.name] <= min(errors.values()) * (1 + 1e-6)  # the lowest (a tie: the fewer params)
     assert relative_output_error(W, search.best.mpo.to_matrix(), C) == pytest.approx(errors[search.layout.name],
                                                                                      rel=1e-10)
     assert sum(1 for t in search.trials if t.sweeps > 0) <= 3
