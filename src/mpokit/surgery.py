@@ -632,22 +632,14 @@ def _shares(items: list[dict], config: MPOConfig, method: str, report: Compressi
     t0 = time.perf_counter()
     curves = {it["name"]: error_curve(method, it["W"], n_cores=it["layer"].n_cores, layouts=it["layouts"],
                                       **it["objective"]) for it in items}
-    weights = {it["name"]: _output_energy(it) for it in items} if config.allocation == "absolute" else None
+    weights = None
+    if config.allocation == "absolute":  # each matrix's output energy tr(W C W^T): relative errors become absolute
+        from .aware.objective import output_error
+
+        weights = {it["name"]: output_error(it["W"], torch.zeros_like(it["W"]), **it["objective"]) for it in items}
     shares = allocate_budget(curves, int(config.budget * sum(dense.values())), weights)
     report.seconds["allocation"] = time.perf_counter() - t0
     return {k: int(shares[k]) for k in dense}
-
-
-def _output_energy(item: dict) -> float:
-    """``tr(W C W^T)`` (``sum_o r_o ||W_o||^2`` with row weights; ``||W||^2`` without statistics): the weight that
-    turns a relative output error squared into an absolute one."""
-    W = item["W"].double()
-    objective = item["objective"]
-    if "C" in objective:
-        return float(((W @ objective["C"].to(W.device, torch.float64)) * W).sum())
-    if "row_weights" in objective:
-        return float((objective["row_weights"].to(W.device, torch.float64) * (W * W).sum(1)).sum())
-    return float((W * W).sum())
 
 
 def _lossless_params(method: str, shape: tuple[int, int], n_cores: int) -> int:

@@ -168,19 +168,14 @@ def error_curve(method: str, W: torch.Tensor, *, C: torch.Tensor | None = None,
     layouts = candidate_layouts(out_features, in_features) if layouts is None else list(layouts)
     if not layouts:
         raise ValueError("layouts must hold at least one Layout; e.g. candidate_layouts(out, in)")
-    low_rank = any(_is_low_rank(lay) for lay in layouts)  # its curve is the exact whitened SVD's
-    modes = [_problem_modes(lay.out_modes, lay.in_modes, transposed) for lay in layouts if not _is_low_rank(lay)]
+    low_rank = any(lay.is_low_rank for lay in layouts)  # its curve is the exact whitened SVD's
+    modes = [_problem_modes(lay.out_modes, lay.in_modes, transposed) for lay in layouts if not lay.is_low_rank]
     smallest = min(([rank1] if low_rank else []) + [shapes.min_num_params(o, i) for o, i in modes])
     budgets = _grid(dense, smallest, points)
     pairs = _mpo_curve(stats, modes, budgets, damping, whiten=True)
     if low_rank:
         pairs += _svd_curve(stats, True, budgets, damping)
     return _monotone(pairs)
-
-
-def _is_low_rank(layout: Layout) -> bool:
-    """``((out, 1), (1, in))``: the 2-core layout of a truncated SVD."""
-    return layout.n_cores == 2 and layout.out_modes[1] == 1 and layout.in_modes[0] == 1
 
 
 def _hull(params: list[int], values: list[float]) -> list[tuple[int, float]]:

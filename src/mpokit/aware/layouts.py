@@ -70,6 +70,11 @@ class Layout:
         return sum(1 for m in self.in_modes if m > 1) <= 1
 
     @property
+    def is_low_rank(self) -> bool:
+        """``((out, 1), (1, in))``: the 2-core layout of a truncated SVD."""
+        return self.n_cores == 2 and self.out_modes[1] == 1 and self.in_modes[0] == 1
+
+    @property
     def exact_row_whitening(self) -> bool:
         """One core holds all the out modes, so row weights (a metric over the out index) whiten exactly."""
         return sum(1 for m in self.out_modes if m > 1) <= 1
@@ -223,8 +228,7 @@ def search_layout(
             if plain is not None and plain[1] < f:
                 cores, f, name = plain[0], plain[1], "tt-svd"
         history = [math.sqrt(max(f, 0.0) / stats.f0)]
-        optimal = prob.exact and len(prob.out_modes) == 2 and name != "tt-svd" and not stats.identity \
-            and sum(1 for m in prob.out_modes if m > 1) <= 1  # whitened low rank: already the minimiser
+        optimal = layout.is_low_rank and not stats.identity  # whitened low rank: already the minimiser
         fits[i] = _fit_problem(prob, criterion, 0 if optimal else max_sweeps, tol, gauge, W.dtype, transposed, opts,
                                start=(cores, f, name, history))
     trials = []

@@ -139,10 +139,11 @@ def run(args: argparse.Namespace) -> int:
     from ..io import check_save_target, pruned_modules, save_pretrained
 
     stats, calibration_info = None, None
-    if saved_stats is not None:
+    if saved_stats is not None or calibration is not None:
         from ..surgery import resolve_targets
 
         names = [t.name for t in resolve_targets(loaded.model, config)]
+    if saved_stats is not None:
         missing = [n for n in names if n not in saved_stats]
         if missing:
             raise ValueError(f"--calibration-stats {args.calibration_stats} has no statistics for the targets "
@@ -153,14 +154,12 @@ def run(args: argparse.Namespace) -> int:
         calibration_info = {"stats_file": str(args.calibration_stats), **saved_stats.info}
     if calibration is not None:
         from ..calibration import collect_calibration
-        from ..surgery import resolve_targets
 
         t0, c0 = time.perf_counter(), time.process_time()
         batches, calibration_info = calibration.batches(loaded.model, loaded.tokenizer)
         seconds["calibration_data"], cpu["calibration_data"] = time.perf_counter() - t0, time.process_time() - c0
         t0, c0 = time.perf_counter(), time.process_time()
-        stats = collect_calibration(loaded.model, batches, [t.name for t in resolve_targets(loaded.model, config)],
-                                    progress=not args.no_progress)
+        stats = collect_calibration(loaded.model, batches, names, progress=not args.no_progress)
         seconds["calibration"], cpu["calibration"] = time.perf_counter() - t0, time.process_time() - c0
         if args.save_calibration is not None:
             stats.save(args.save_calibration, info={"model": str(source), **(calibration_info or {})})
